@@ -1,0 +1,20 @@
+"""The lead store: schema, engine, import and synthetic leads."""
+
+from __future__ import annotations
+
+from leadpost.store.engine import STORE_CONN_ID, get_engine, init_db, store_url, utcnow
+from leadpost.store.schema import action_events, actions, deliveries, lead_tags, leads, metadata
+
+__all__ = [
+    "STORE_CONN_ID",
+    "action_events",
+    "actions",
+    "deliveries",
+    "get_engine",
+    "init_db",
+    "lead_tags",
+    "leads",
+    "metadata",
+    "store_url",
+    "utcnow",
+]

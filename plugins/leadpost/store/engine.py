@@ -1,0 +1,105 @@
+"""The lead store's engine: Airflow connection ``leadpost_default`` or ``$AIRFLOW_HOME/leadpost.db``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from leadpost.store.schema import metadata
+
+__all__ = ["STORE_CONN_ID", "UtcNow", "default_sqlite_path", "get_engine", "init_db", "store_url", "utcnow"]
+
+log = logging.getLogger(__name__)
+
+STORE_CONN_ID = "leadpost_default"
+_SQLITE_BUSY_TIMEOUT_MS = 30_000
+_PG_SCHEMES = {"postgres": "postgresql+psycopg2", "postgresql": "postgresql+psycopg2"}
+
+UtcNow = datetime
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def default_sqlite_path() -> Path:
+    home = os.environ.get("AIRFLOW_HOME") or str(Path.home() / "airflow")
+    return Path(home) / "leadpost.db"
+
+
+def store_url(conn_id: str = STORE_CONN_ID) -> str:
+    """SQLAlchemy URL of the lead store: the connection when it exists, else the SQLite default."""
+    conn = _find_connection(conn_id)
+    if conn is None:
+        return f"sqlite:///{default_sqlite_path()}"
+    if conn.conn_type == "sqlite":
+        return f"sqlite:///{conn.host}"
+    uri = conn.get_uri()
+    scheme, sep, rest = uri.partition("://")
+    return f"{_PG_SCHEMES.get(scheme, scheme)}{sep}{rest}"
+
+
+def _find_connection(conn_id: str) -> Any:
+    # Env connections are the cheap, common case (containers, tests); check them before Airflow.
+    if not os.environ.get(f"AIRFLOW_CONN_{conn_id.upper()}") and os.environ.get("LEADPOST_STORE_LOOKUP") == "env":
+        return None
+    from airflow.sdk import BaseHook
+
+    try:
+        return BaseHook.get_connection(conn_id)
+    except Exception as exc:  # noqa: BLE001 - Airflow raises several types for "not found"
+        if "isn't defined" in str(exc) or "not found" in str(exc).lower() or type(exc).__name__ in (
+            "AirflowNotFoundException",
+            "ConnectionNotFound",
+        ):
+            return None
+        raise
+
+
+@cache
+def _engine_for(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000})
+        _tune_sqlite(engine)
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4)
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """One engine per store URL and process."""
+    return _engine_for(url or store_url())
+
+
+def _tune_sqlite(engine: Engine) -> None:
+    """WAL + busy timeout so shards and the CLI can write side by side; BEGIN IMMEDIATE so a
+    transaction that will write takes the write lock up front instead of failing on upgrade."""
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def init_db(engine: Engine | None = None) -> Engine:
+    """Create every table and index that is missing (idempotent)."""
+    engine = engine or get_engine()
+    if engine.url.get_backend_name() == "sqlite" and engine.url.database:
+        Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
+    metadata.create_all(engine, checkfirst=True)
+    return engine
