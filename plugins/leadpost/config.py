@@ -52,7 +52,16 @@ __all__ = [
 
 LEAD_FIELDS = ("email", "name", "birth_date", "phone", "company", "city", "state")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-SCHEDULE_PRESETS = ("@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly", "@continuous")
+SCHEDULE_PRESETS = (
+    "@once",
+    "@hourly",
+    "@daily",
+    "@weekly",
+    "@monthly",
+    "@quarterly",
+    "@yearly",
+    "@continuous",
+)
 DEFAULT_SCHEDULE = "*/15 * * * *"
 _ID_RE = re.compile(r"^[a-z0-9_]+$")
 # Parameter names travel in query strings and form bodies: plain ASCII, no spaces, no accents.
@@ -83,7 +92,8 @@ def _lead_field(value: str) -> str:
 def _param_name(value: str) -> str:
     if not _PARAM_NAME_RE.match(value):
         raise ValueError(
-            f"parameter name {value!r} may only hold ASCII letters, digits and _ . - [ ] (no spaces, no accents)"
+            f"parameter name {value!r} may only hold ASCII letters, digits and _ . - [ ] "
+            "(no spaces, no accents)"
         )
     return value
 
@@ -206,7 +216,9 @@ class ActionConfig(_Frozen):
         link = data.pop("link")
         clash = [k for k in ("url", "params", "fields") if k in data]
         if clash:
-            raise ValueError(f"give either 'link' or 'url'/'params'/'fields', not both (found {', '.join(clash)})")
+            raise ValueError(
+                f"give either 'link' or 'url'/'params'/'fields', not both (found {', '.join(clash)})"
+            )
         if not isinstance(link, str):
             raise ValueError("'link' must be a text")
         data.update(split_link(link))
@@ -230,7 +242,9 @@ class ActionConfig(_Frozen):
         if parts.fragment:
             raise ValueError("the url carries a #fragment, which is never sent; remove it")
         if parts.username or parts.password:
-            raise ValueError("credentials in the url are not allowed; use auth_conn_id with a leadpost connection")
+            raise ValueError(
+                "credentials in the url are not allowed; use auth_conn_id with a leadpost connection"
+            )
         return url
 
     @model_validator(mode="after")
@@ -270,7 +284,8 @@ class ActionConfig(_Frozen):
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def masked_repr(self) -> str:
-        return f"ActionConfig(id={self.id!r}, method={self.method}, url={self.url!r}, params=<{len(self.params)}>)"
+        params = f"<{len(self.params)} hidden>"
+        return f"ActionConfig(id={self.id!r}, method={self.method}, url={self.url!r}, params={params})"
 
     __repr__ = masked_repr  # static params often hold tokens
 
@@ -290,7 +305,8 @@ def split_link(link: str) -> dict[str, Any]:
             field = placeholder.group(1)
             if field not in LEAD_FIELDS:
                 raise ValueError(
-                    f"placeholder '{{{field}}}' names an unknown lead field{_did_you_mean(field, LEAD_FIELDS)}; "
+                    f"placeholder '{{{field}}}' names an unknown lead field"
+                    f"{_did_you_mean(field, LEAD_FIELDS)}; "
                     f"known: {', '.join(LEAD_FIELDS)}"
                 )
             if field in fields:
@@ -323,7 +339,9 @@ class TriggerConfig(_Frozen):
         from croniter import croniter  # ships with Airflow; only needed when a cron is given
 
         if not croniter.is_valid(value):
-            raise ValueError(f"invalid cron expression {value!r}; use 5 fields or one of {', '.join(SCHEDULE_PRESETS)}")
+            raise ValueError(
+                f"invalid cron expression {value!r}; use 5 fields or one of {', '.join(SCHEDULE_PRESETS)}"
+            )
         return value
 
     @field_validator("timezone")
@@ -332,7 +350,9 @@ class TriggerConfig(_Frozen):
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown timezone {value!r}; use an IANA name such as 'America/Sao_Paulo'") from None
+            raise ValueError(
+                f"unknown timezone {value!r}; use an IANA name such as 'America/Sao_Paulo'"
+            ) from None
         return value
 
     @property
@@ -393,7 +413,7 @@ class ActionRef:
 
 
 def default_triggers_path() -> Path:
-    """``$LEADPOST_TRIGGERS``, else ``triggers.yaml`` in the Airflow dags folder, else ``dags/triggers.yaml``."""
+    """``$LEADPOST_TRIGGERS``, else ``triggers.yaml`` in the dags folder, else ``dags/triggers.yaml``."""
     env = os.environ.get("LEADPOST_TRIGGERS")
     if env:
         return Path(env)
@@ -419,7 +439,7 @@ def parse_triggers(text: str, *, source: str = "<triggers>") -> TriggersFile:
     """Validate triggers YAML given as text (see :func:`load_triggers`)."""
     try:
         root = yaml.compose(text, Loader=_StrictLoader)
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - _StrictLoader is a SafeLoader
+        data = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
@@ -434,7 +454,12 @@ def parse_triggers(text: str, *, source: str = "<triggers>") -> TriggersFile:
     try:
         parsed = TriggersFile.model_validate(data)
     except ValidationError as exc:
-        problems += [_describe(err) for err in exc.errors()]
+        errors = exc.errors()
+        # "too short after validation" only echoes failures of the items themselves
+        deeper = {tuple(e["loc"][:-1]) for e in errors if len(e["loc"]) > 1}
+        deeper |= {tuple(e["loc"][:-2]) for e in errors if len(e["loc"]) > 2}
+        errors = [e for e in errors if not (e["type"] == "too_short" and tuple(e["loc"]) in deeper)]
+        problems += [_describe(err) for err in errors]
         parsed = None
     if problems:
         raise ConfigError([_place(source, root, loc) + msg for loc, msg in problems], source=source)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from leadpost.store.engine import STORE_CONN_ID, get_engine, init_db, store_url, utcnow
-from leadpost.store.schema import action_events, actions, deliveries, lead_tags, leads, metadata
+from leadpost.store.schema import actions, deliveries, lead_tags, leads, metadata
 
 __all__ = [
     "STORE_CONN_ID",
-    "action_events",
     "actions",
     "deliveries",
     "get_engine",

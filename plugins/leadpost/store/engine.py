@@ -14,15 +14,13 @@ from sqlalchemy.engine import Engine
 
 from leadpost.store.schema import metadata
 
-__all__ = ["STORE_CONN_ID", "UtcNow", "default_sqlite_path", "get_engine", "init_db", "store_url", "utcnow"]
+__all__ = ["STORE_CONN_ID", "default_sqlite_path", "get_engine", "init_db", "store_url", "utcnow"]
 
 log = logging.getLogger(__name__)
 
 STORE_CONN_ID = "leadpost_default"
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
 _PG_SCHEMES = {"postgres": "postgresql+psycopg2", "postgresql": "postgresql+psycopg2"}
-
-UtcNow = datetime
 
 
 def utcnow() -> datetime:
@@ -47,20 +45,13 @@ def store_url(conn_id: str = STORE_CONN_ID) -> str:
 
 
 def _find_connection(conn_id: str) -> Any:
-    # Env connections are the cheap, common case (containers, tests); check them before Airflow.
-    if not os.environ.get(f"AIRFLOW_CONN_{conn_id.upper()}") and os.environ.get("LEADPOST_STORE_LOOKUP") == "env":
-        return None
     from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
 
     try:
         return BaseHook.get_connection(conn_id)
-    except Exception as exc:  # noqa: BLE001 - Airflow raises several types for "not found"
-        if "isn't defined" in str(exc) or "not found" in str(exc).lower() or type(exc).__name__ in (
-            "AirflowNotFoundException",
-            "ConnectionNotFound",
-        ):
-            return None
-        raise
+    except AirflowNotFoundException:
+        return None
 
 
 @cache

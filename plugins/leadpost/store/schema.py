@@ -13,7 +13,6 @@ import sqlalchemy as sa
 
 __all__ = [
     "UtcDateTime",
-    "action_events",
     "actions",
     "deliveries",
     "lead_tags",
@@ -114,17 +113,3 @@ deliveries = sa.Table(
 )
 sa.Index("ix_deliveries_action_state", deliveries.c.action_key, deliveries.c.state)
 sa.Index("ix_deliveries_action_updated", deliveries.c.action_key, deliveries.c.updated_at)
-
-# Append-only log of attempts shown in the UI's delivery log (bounded per action by the ledger).
-action_events = sa.Table(
-    "leadpost_attempts",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("action_key", sa.Text, nullable=False),
-    sa.Column("lead_id", sa.Integer),
-    sa.Column("at", UtcDateTime(), nullable=False),
-    sa.Column("outcome", sa.Text, nullable=False),
-    sa.Column("status_code", sa.Integer),
-    sa.Column("error", sa.Text),
-)
-sa.Index("ix_attempts_action_at", action_events.c.action_key, action_events.c.at)

@@ -1,0 +1,335 @@
+"""Dispatch one shard of an action: claim a page → send it → record it → next page.
+
+The database stays off the hot path: while page *k* is being sent, page *k+1* is already being
+claimed and page *k-1* recorded, each in a worker thread. Sending is ``concurrency`` coroutines
+pulling from one queue over one pooled aiohttp client (one session per dispatch task).
+
+Transient failures are retried inside the run with exponential backoff and jitter; a
+``Retry-After`` pauses the whole shard until the time it names (it speaks for the endpoint, not
+for one lead). What still fails is recorded as ``retrying`` with a ``next_attempt_at`` for later
+runs. A circuit breaker stops the shard when the endpoint is clearly down, refuses the
+credentials (401/403) or is gone (410): unsent leads are released, never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import math
+import random
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from leadpost.exceptions import UnsafeTargetError
+from leadpost.ledger import (
+    Selection,
+    Shard,
+    claim_batch,
+    read_status,
+    record_outcomes,
+    release_claims,
+    set_action_status,
+)
+from leadpost.states import ActionStatus, Outcome, OutcomeKind
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from leadpost.hook import LeadPostHook, PreparedLeadRequest
+
+__all__ = ["Breaker", "RateLimiter", "ShardReport", "dispatch_shard", "send_leads"]
+
+log = logging.getLogger(__name__)
+
+IN_RUN_TRIES = 4  # requests per lead within one run before it waits for a later run
+RETRY_BASE_S = 0.5
+RETRY_CAP_S = 30.0
+RETRY_AFTER_CAP_S = 300.0  # a longer Retry-After ends the run for that lead; later runs honour it
+DEFAULT_RUN_BUDGET_S = 600.0  # in-run retries stop after this; the ledger carries the rest
+
+
+@dataclass
+class ShardReport:
+    """Counts of one shard's run (what the dispatch task returns through XCom)."""
+
+    action_key: str
+    shard: int = 0
+    shards: int = 1
+    claimed: int = 0
+    requests: int = 0
+    delivered: int = 0
+    retrying: int = 0
+    dead: int = 0
+    released: int = 0
+    pages: int = 0
+    stopped: str | None = None
+    elapsed_s: float = 0.0
+
+    def add(self, results: list[tuple[int, Outcome, int]]) -> None:
+        for _lead_id, outcome, tries in results:
+            self.requests += tries
+            if outcome.kind is OutcomeKind.DELIVERED:
+                self.delivered += 1
+            elif outcome.kind is OutcomeKind.REJECTED:
+                self.dead += 1
+            elif outcome.kind is OutcomeKind.TRANSIENT:
+                # the ledger adds earlier attempts; this is the in-run view
+                self.retrying += 1
+            else:
+                self.released += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["elapsed_s"] = round(self.elapsed_s, 3)
+        return data
+
+
+@dataclass
+class Breaker:
+    """Stops sending to an endpoint that is down, refuses our credentials, or is gone.
+
+    :param consecutive: this many transient failures in a row trip it.
+    :param window: size of the sliding window for the failure ratio.
+    :param ratio: failure ratio over a full window that trips it.
+    """
+
+    consecutive: int = 25
+    window: int = 100
+    ratio: float = 0.9
+    tripped: str | None = None
+    status: ActionStatus = ActionStatus.FAILING
+    _streak: int = 0
+    _recent: deque[bool] = field(default_factory=deque)
+
+    def observe(self, outcome: Outcome) -> None:
+        if self.tripped:
+            return
+        if outcome.kind is OutcomeKind.AUTH_FAILED:
+            self._trip(
+                f"the endpoint refused the credentials (HTTP {outcome.status}); check the auth connection"
+            )
+        elif outcome.kind is OutcomeKind.GONE:
+            self.status = ActionStatus.DISABLED
+            self._trip("the endpoint answered 410 Gone: it asked us to stop sending")
+        failed = outcome.kind is OutcomeKind.TRANSIENT
+        self._streak = self._streak + 1 if failed else 0
+        self._recent.append(failed)
+        if len(self._recent) > self.window:
+            self._recent.popleft()
+        if self._streak >= self.consecutive:
+            self._trip(f"{self._streak} consecutive failures, last: {outcome.error or outcome.status}")
+        elif len(self._recent) == self.window and sum(self._recent) >= self.ratio * self.window:
+            self._trip(
+                f"{sum(self._recent)} of the last {self.window} requests failed, last: {outcome.error}"
+            )
+
+    def _trip(self, reason: str) -> None:
+        if not self.tripped:
+            self.tripped = reason
+
+
+class RateLimiter:
+    """Paces requests (token bucket) and holds them while the endpoint asked us to wait."""
+
+    def __init__(self, rate_per_s: float | None) -> None:
+        self._interval = 1.0 / rate_per_s if rate_per_s else 0.0
+        self._next = time.monotonic()
+        self._paused_until = 0.0
+
+    def pause(self, seconds: float) -> None:
+        self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+
+    async def wait(self) -> None:
+        while True:
+            now = time.monotonic()
+            hold = self._paused_until - now
+            if self._interval:
+                hold = max(hold, self._next - now)
+            if hold <= 0:
+                break
+            await asyncio.sleep(hold)
+        if self._interval:
+            self._next = max(self._next, time.monotonic()) + self._interval
+
+
+def _backoff(tries: int) -> float:
+    return min(RETRY_CAP_S, RETRY_BASE_S * 2 ** (tries - 1)) * (0.5 + random.random() / 2)
+
+
+async def send_leads(
+    client: Any,
+    hook: LeadPostHook,
+    page: list[dict[str, Any]],
+    *,
+    concurrency: int,
+    limiter: RateLimiter,
+    breaker: Breaker,
+    deadline: float,
+) -> tuple[list[tuple[int, Outcome, int]], list[int]]:
+    """Send a page with ``concurrency`` requests in flight.
+
+    :return: ``(lead_id, outcome, tries)`` for every lead sent, and the ids left unsent because
+        the breaker tripped.
+    """
+    queue = deque(page)
+    results: list[tuple[int, Outcome, int]] = []
+
+    async def worker() -> None:
+        while queue and not breaker.tripped:
+            lead = queue.popleft()
+            request: PreparedLeadRequest = hook.build_request(lead)
+            tries = 0
+            while True:
+                await limiter.wait()
+                outcome = await client.send(request)
+                tries += 1
+                breaker.observe(outcome)
+                if outcome.retry_after_s:
+                    limiter.pause(min(outcome.retry_after_s, RETRY_AFTER_CAP_S))
+                if outcome.kind is not OutcomeKind.TRANSIENT or tries >= IN_RUN_TRIES or breaker.tripped:
+                    break
+                delay = max(_backoff(tries), min(outcome.retry_after_s or 0, RETRY_AFTER_CAP_S))
+                if time.monotonic() + delay > deadline:
+                    break
+                await asyncio.sleep(delay)
+            results.append((lead["id"], outcome, tries))
+
+    await asyncio.gather(*(worker() for _ in range(min(concurrency, len(page)))))
+    return results, [lead["id"] for lead in queue]
+
+
+def dispatch_shard(
+    engine: Engine,
+    sel: Selection,
+    shard: Shard,
+    *,
+    hook: LeadPostHook | None = None,
+    max_leads: int | None = None,
+    run_budget_s: float = DEFAULT_RUN_BUDGET_S,
+    lead_ids: list[int] | None = None,
+    require_active: bool = True,
+) -> ShardReport:
+    """Send every pending lead of ``shard`` (or up to ``max_leads``) and record each outcome.
+
+    Safe to run while other shards, runs or workers dispatch the same action: claims decide.
+
+    :param lead_ids: only these leads (default: every lead the trigger's filters select).
+    :param require_active: stop as soon as the action is not ``active`` (checked before each page).
+    """
+    if hook is None:
+        from leadpost.hook import LeadPostHook
+
+        hook = LeadPostHook(sel.action, action_key=sel.action_key)
+    # Setup objects live for the whole run: keep the collector from rescanning them per page.
+    gc.collect()
+    gc.freeze()
+    try:
+        return asyncio.run(
+            _dispatch(
+                engine,
+                sel,
+                shard,
+                hook=hook,
+                max_leads=max_leads,
+                budget=run_budget_s,
+                lead_ids=lead_ids,
+                require_active=require_active,
+            )
+        )
+    finally:
+        gc.unfreeze()
+
+
+async def _dispatch(
+    engine: Engine,
+    sel: Selection,
+    shard: Shard,
+    *,
+    hook: LeadPostHook,
+    max_leads: int | None,
+    budget: float,
+    lead_ids: list[int] | None,
+    require_active: bool,
+) -> ShardReport:
+    action = sel.action
+    report = ShardReport(sel.action_key, shard.index, shard.count)
+    started = time.monotonic()
+    deadline = started + budget
+    limiter = RateLimiter(action.rate_limit_per_s / shard.count if action.rate_limit_per_s else None)
+    breaker = Breaker(consecutive=max(25, 2 * action.concurrency))
+    remaining = max_leads if max_leads is not None else math.inf
+
+    def claim(after_id: int) -> tuple[str, list[dict[str, Any]]]:
+        if read_status(engine, sel.action_key) is not ActionStatus.ACTIVE:
+            return "", []  # another shard tripped the breaker, or someone re-gated the action
+        limit = int(min(action.batch_size, remaining))
+        return (
+            claim_batch(engine, sel, shard=shard, after_id=after_id, limit=limit) if limit > 0 else ("", [])
+        )
+
+    def record(token: str, results: list[tuple[int, Outcome, int]], unsent: list[int]) -> None:
+        record_outcomes(
+            engine, action_key=sel.action_key, token=token, results=results, max_attempts=action.max_attempts
+        )
+        release_claims(engine, action_key=sel.action_key, token=token, lead_ids=unsent)
+
+    next_claim = asyncio.ensure_future(asyncio.to_thread(claim, 0))
+    recording: asyncio.Future[None] | None = None
+    try:
+        async with hook.async_client(action.concurrency) as client:
+            while True:
+                token, page = await next_claim
+                next_claim = None
+                if not page:
+                    break
+                report.claimed += len(page)
+                report.pages += 1
+                remaining -= len(page)
+                next_claim = asyncio.ensure_future(asyncio.to_thread(claim, page[-1]["id"]))
+                try:
+                    results, unsent = await send_leads(
+                        client,
+                        hook,
+                        page,
+                        concurrency=action.concurrency,
+                        limiter=limiter,
+                        breaker=breaker,
+                        deadline=deadline,
+                    )
+                except UnsafeTargetError as exc:
+                    breaker.tripped = str(exc)
+                    results, unsent = [], [lead["id"] for lead in page]
+                if recording is not None:
+                    await recording
+                report.add(results)
+                report.released += len(unsent)
+                recording = asyncio.ensure_future(asyncio.to_thread(record, token, results, unsent))
+                log.info(
+                    "%s shard %d/%d page %d: %d sent, %d delivered so far",
+                    sel.action_key,
+                    shard.index + 1,
+                    shard.count,
+                    report.pages,
+                    len(results),
+                    report.delivered,
+                )
+                if breaker.tripped:
+                    break
+    finally:
+        if recording is not None:
+            await recording
+        if next_claim is not None:  # a prefetched page that will not be sent goes back
+            token, page = await next_claim
+            release_claims(
+                engine, action_key=sel.action_key, token=token, lead_ids=[lead["id"] for lead in page]
+            )
+            report.claimed += len(page)
+            report.released += len(page)
+    if breaker.tripped:
+        report.stopped = breaker.tripped
+        set_action_status(engine, sel.action_key, breaker.status, reason=breaker.tripped)
+    report.elapsed_s = time.monotonic() - started
+    return report
