@@ -338,9 +338,7 @@ def record_outcomes(
                     last_error=sa.bindparam("e"),
                     claim_token=None,
                     claim_expires_at=None,
-                    next_attempt_at=sa.case(
-                        (dead, None), else_=sa.bindparam("at", type_=d.next_attempt_at.type)
-                    ),
+                    next_attempt_at=sa.bindparam("at", type_=d.next_attempt_at.type),  # unused once dead
                     updated_at=now,
                 ),
                 failed,
