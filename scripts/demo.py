@@ -36,7 +36,13 @@ triggers:
         method: POST
         body: form
         params: {{token: "0132456789"}}
-        fields: {{email: email, name: nome, phone: telefone, city: cidade, state: estado, birth_date: nascimento}}
+        fields:
+          email: email
+          name: nome
+          phone: telefone
+          city: cidade
+          state: estado
+          birth_date: nascimento
         auth_conn_id: demo_auth
         parallelism: 2
         concurrency: 32
@@ -47,7 +53,9 @@ def step(title: str) -> None:
     print(f"\n\033[1;36m==> {title}\033[0m", flush=True)
 
 
-def run(*cmd: str, env: dict[str, str], check: bool = True, quiet: bool = False) -> subprocess.CompletedProcess[str]:
+def run(
+    *cmd: str, env: dict[str, str], check: bool = True, quiet: bool = False
+) -> subprocess.CompletedProcess[str]:
     print(f"$ {' '.join(cmd)}", flush=True)
     result = subprocess.run(cmd, env=env, text=True, capture_output=quiet, check=False)
     if check and result.returncode != 0:
@@ -58,7 +66,7 @@ def run(*cmd: str, env: dict[str, str], check: bool = True, quiet: bool = False)
 
 
 def stats(url: str) -> dict:
-    with urllib.request.urlopen(f"{url}/__receiver/stats", timeout=10) as response:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(f"{url}/__receiver/stats", timeout=10) as response:  # loopback only
         return json.load(response)
 
 
@@ -95,7 +103,12 @@ def main() -> int:
         "LEADPOST_TRIGGERS": str(HOME / "triggers.yaml"),
         # the auth connection: header mode, key X-Api-Key, value masked everywhere
         "AIRFLOW_CONN_DEMO_AUTH": json.dumps(
-            {"conn_type": "leadpost", "login": "X-Api-Key", "password": "demo-secret-value", "extra": {"auth_mode": "header"}}
+            {
+                "conn_type": "leadpost",
+                "login": "X-Api-Key",
+                "password": "demo-secret-value",
+                "extra": {"auth_mode": "header"},
+            }
         ),
         "PYTHONPATH": str(REPO),
     }

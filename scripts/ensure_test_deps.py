@@ -23,7 +23,10 @@ def ensure_chromium() -> None:
     sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     print("installing Debian chromium for the browser test (once)…", flush=True)
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"]):
+    for cmd in (
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"],
+    ):
         result = subprocess.run(sudo + cmd, env=env, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             print(f"note: {' '.join(cmd)} failed: {result.stderr.strip()[-300:]}")

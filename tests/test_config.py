@@ -119,7 +119,7 @@ def test_static_params_are_not_in_repr():
 
 def test_action_ref_parses_once():
     assert ActionRef.parse("vip_sp.crm") == ActionRef("vip_sp", "crm")
-    with pytest.raises(UnknownActionError, match="TRIGGER.ACTION"):
+    with pytest.raises(UnknownActionError, match=r"TRIGGER\.ACTION"):
         ActionRef.parse("vip_sp")
 
 

@@ -58,7 +58,9 @@ def test_a_broken_triggers_file_is_an_import_error_that_names_the_problem(airflo
     from airflow.dag_processing.dagbag import DagBag
 
     bad = tmp_path / "triggers.yaml"
-    bad.write_text("triggers:\n  - id: x\n    actions:\n      - {id: a, url: 'https://x.com', fields: {emial: e}}\n")
+    bad.write_text(
+        "triggers:\n  - id: x\n    actions:\n      - {id: a, url: 'https://x.com', fields: {emial: e}}\n"
+    )
     monkeypatch.setenv("LEADPOST_TRIGGERS", str(bad))
     bag = DagBag(dag_folder=str(REPO / "dags" / "leadpost_dags.py"))
     assert not any(d.startswith("leadpost_x") for d in bag.dag_ids)
@@ -121,7 +123,9 @@ def test_auto_test_lets_the_gate_activate_the_action(airflow_db, store, receiver
     assert len(receiver.requests) == 1 + 4  # the test execution, then the leads
 
 
-def test_a_failing_test_execution_fails_the_test_dag_with_a_hint(airflow_db, store, receiver, tmp_path, monkeypatch):
+def test_a_failing_test_execution_fails_the_test_dag_with_a_hint(
+    airflow_db, store, receiver, tmp_path, monkeypatch
+):
     path = _write_triggers(tmp_path / "triggers.yaml", receiver.url)
     monkeypatch.setenv("LEADPOST_TRIGGERS", str(path))
     receiver.set_mode("404")
@@ -130,7 +134,9 @@ def test_a_failing_test_execution_fails_the_test_dag_with_a_hint(airflow_db, sto
 
 
 @pytest.mark.parametrize("n_leads", [0])
-def test_a_trigger_with_no_matching_leads_succeeds_quietly(airflow_db, store, receiver, tmp_path, monkeypatch, n_leads):
+def test_a_trigger_with_no_matching_leads_succeeds_quietly(
+    airflow_db, store, receiver, tmp_path, monkeypatch, n_leads
+):
     path = _write_triggers(tmp_path / "triggers.yaml", receiver.url, extra="auto_test: true")
     monkeypatch.setenv("LEADPOST_TRIGGERS", str(path))
     ok, states = _run(build_dags(path)["leadpost_vip"])

@@ -77,7 +77,9 @@ def test_transient_failures_are_retried_within_the_run_honouring_retry_after(sto
     assert report.delivered == 1 and report.requests == 3
     first, second, third = receiver.requests
     assert second.at - first.at >= 0.95, "Retry-After: 1 must hold the next request for a second"
-    assert first.header("Idempotency-Key") == second.header("Idempotency-Key") == third.header("Idempotency-Key")
+    assert (
+        first.header("Idempotency-Key") == second.header("Idempotency-Key") == third.header("Idempotency-Key")
+    )
     row = ledger_rows(store, sel.action_key)[1]
     assert row["attempts"] == 3 and row["state"] == DeliveryState.DELIVERED
 
@@ -106,7 +108,10 @@ def test_410_disables_the_action(store, receiver):
     _activate(store, sel)
     receiver.set_mode("410")
     dispatch_shard(store, sel, Shard(sel.action_key))
-    assert get_action_state(store, sel.action_key, fingerprint=sel.action.fingerprint()).status is ActionStatus.DISABLED
+    assert (
+        get_action_state(store, sel.action_key, fingerprint=sel.action.fingerprint()).status
+        is ActionStatus.DISABLED
+    )
 
 
 def test_a_dead_endpoint_trips_the_breaker_instead_of_burning_every_lead(store, receiver):
