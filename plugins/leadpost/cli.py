@@ -20,7 +20,8 @@ __all__ = ["main"]
 
 STATUS_STYLE = {"active": "green", "untested": "red", "failing": "dark_orange", "disabled": "grey50"}
 
-out = Console(highlight=False, soft_wrap=True)
+# Piped output (CI logs, `make demo`) gets a readable width instead of rich's 80 columns.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 140)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -59,7 +60,11 @@ def cmd_leads_import(args: argparse.Namespace) -> int:
     def show(rejection: Any) -> None:
         err.print(f"{args.file}: line {rejection.line}: {rejection.reason}", markup=False)
 
-    summary = import_leads(_engine(), args.file, on_reject=show)
+    try:
+        summary = import_leads(_engine(), args.file, on_reject=show)
+    except ValueError as exc:  # whole file refused (unreadable, bad columns, unknown suffix)
+        err.print(f"{args.file}: {exc}", markup=False)
+        return 1
     out.print(
         f"{args.file}: {summary.imported} imported, {summary.updated} updated, {summary.rejected} rejected"
     )

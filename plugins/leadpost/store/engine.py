@@ -81,6 +81,9 @@ def _tune_sqlite(engine: Engine) -> None:
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
+        from leadpost.filters import register_sqlite_functions  # filters imports the store: no cycle at load
+
+        register_sqlite_functions(dbapi_conn)
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:

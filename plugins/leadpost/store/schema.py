@@ -64,6 +64,7 @@ leads = sa.Table(
     sa.Column("captured_at", UtcDateTime(), nullable=False),
     sa.Column("updated_at", UtcDateTime(), nullable=False),
     sa.CheckConstraint("status IN ('active', 'inactive')", name="leads_status_check"),
+    sqlite_autoincrement=True,  # never reuse a deleted lead's id: the ledger is keyed by it
 )
 sa.Index("ix_leads_email", leads.c.email, unique=True)
 sa.Index("ix_leads_captured_at", leads.c.captured_at)
