@@ -20,6 +20,7 @@ import math
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
     from leadpost.hook import LeadPostHook, PreparedLeadRequest
 
-__all__ = ["Breaker", "RateLimiter", "ShardReport", "dispatch_shard", "send_leads"]
+__all__ = ["Breaker", "RateLimiter", "Recorder", "ShardReport", "dispatch_shard", "send_leads"]
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,48 @@ def _backoff(tries: int) -> float:
     return min(RETRY_CAP_S, RETRY_BASE_S * 2 ** (tries - 1)) * (0.5 + random.random() / 2)
 
 
+class Recorder:
+    """Writes outcomes to the ledger while the page is still being sent.
+
+    Outcomes are flushed in groups of ``flush_at`` (one transaction each, in a worker thread),
+    and senders wait when ``2 * flush_at`` requests are sent but not yet recorded. That ceiling
+    is what a crash can resend: at most ``2 * concurrency`` requests, never a whole page.
+    """
+
+    def __init__(self, write: Callable[[list[tuple[int, Outcome, int]]], None], *, flush_at: int) -> None:
+        self._write = write
+        self._flush_at = max(1, flush_at)
+        self._slots = asyncio.Semaphore(2 * self._flush_at)
+        self._buffer: list[tuple[int, Outcome, int]] = []
+        self._flushing: asyncio.Task[None] | None = None
+
+    async def reserve(self) -> None:
+        """Wait for room before sending one more request."""
+        await self._slots.acquire()
+
+    def cancel(self) -> None:
+        """Give back a reservation that was not used."""
+        self._slots.release()
+
+    def add(self, result: tuple[int, Outcome, int]) -> None:
+        self._buffer.append(result)
+        if len(self._buffer) >= self._flush_at and (self._flushing is None or self._flushing.done()):
+            self._flushing = asyncio.ensure_future(self._flush(force=False))
+
+    async def _flush(self, *, force: bool) -> None:
+        while self._buffer and (force or len(self._buffer) >= self._flush_at):
+            batch, self._buffer = self._buffer, []
+            await asyncio.to_thread(self._write, batch)
+            for _ in batch:
+                self._slots.release()
+
+    async def drain(self) -> None:
+        """Record everything still buffered."""
+        if self._flushing is not None:
+            await self._flushing
+        await self._flush(force=True)
+
+
 async def send_leads(
     client: Any,
     hook: LeadPostHook,
@@ -168,9 +211,11 @@ async def send_leads(
     limiter: RateLimiter,
     breaker: Breaker,
     deadline: float,
+    recorder: Recorder | None = None,
 ) -> tuple[list[tuple[int, Outcome, int]], list[int]]:
     """Send a page with ``concurrency`` requests in flight.
 
+    :param recorder: when given, each outcome is handed to it as soon as it is final.
     :return: ``(lead_id, outcome, tries)`` for every lead sent, and the ids left unsent because
         the breaker tripped.
     """
@@ -179,6 +224,11 @@ async def send_leads(
 
     async def worker() -> None:
         while queue and not breaker.tripped:
+            if recorder is not None:
+                await recorder.reserve()
+                if not queue or breaker.tripped:
+                    recorder.cancel()
+                    break
             lead = queue.popleft()
             request: PreparedLeadRequest = hook.build_request(lead)
             tries = 0
@@ -195,10 +245,26 @@ async def send_leads(
                 if time.monotonic() + delay > deadline:
                     break
                 await asyncio.sleep(delay)
-            results.append((lead["id"], outcome, tries))
+            result = (lead["id"], outcome, tries)
+            results.append(result)
+            if recorder is not None:
+                recorder.add(result)
 
     await asyncio.gather(*(worker() for _ in range(min(concurrency, len(page)))))
     return results, [lead["id"] for lead in queue]
+
+
+def _writer(engine: Engine, sel: Selection, token: str) -> Callable[[list[tuple[int, Outcome, int]]], None]:
+    def write(results: list[tuple[int, Outcome, int]]) -> None:
+        record_outcomes(
+            engine,
+            action_key=sel.action_key,
+            token=token,
+            results=results,
+            max_attempts=sel.action.max_attempts,
+        )
+
+    return write
 
 
 def dispatch_shard(
@@ -263,21 +329,18 @@ async def _dispatch(
     remaining = max_leads if max_leads is not None else math.inf
 
     def claim(after_id: int) -> tuple[str, list[dict[str, Any]]]:
-        if read_status(engine, sel.action_key) is not ActionStatus.ACTIVE:
+        if require_active and read_status(engine, sel.action_key) is not ActionStatus.ACTIVE:
             return "", []  # another shard tripped the breaker, or someone re-gated the action
         limit = int(min(action.batch_size, remaining))
-        return (
-            claim_batch(engine, sel, shard=shard, after_id=after_id, limit=limit) if limit > 0 else ("", [])
-        )
+        if limit <= 0:
+            return "", []
+        return claim_batch(engine, sel, shard=shard, after_id=after_id, limit=limit, lead_ids=lead_ids)
 
-    def record(token: str, results: list[tuple[int, Outcome, int]], unsent: list[int]) -> None:
-        record_outcomes(
-            engine, action_key=sel.action_key, token=token, results=results, max_attempts=action.max_attempts
-        )
-        release_claims(engine, action_key=sel.action_key, token=token, lead_ids=unsent)
+    def release(token: str, lead_ids: list[int]) -> None:
+        release_claims(engine, action_key=sel.action_key, token=token, lead_ids=lead_ids)
 
+    next_claim: asyncio.Future[tuple[str, list[dict[str, Any]]]] | None
     next_claim = asyncio.ensure_future(asyncio.to_thread(claim, 0))
-    recording: asyncio.Future[None] | None = None
     try:
         async with hook.async_client(action.concurrency) as client:
             while True:
@@ -288,7 +351,9 @@ async def _dispatch(
                 report.claimed += len(page)
                 report.pages += 1
                 remaining -= len(page)
+                # the next page is claimed while this one is on the wire
                 next_claim = asyncio.ensure_future(asyncio.to_thread(claim, page[-1]["id"]))
+                recorder = Recorder(_writer(engine, sel, token), flush_at=action.concurrency)
                 try:
                     results, unsent = await send_leads(
                         client,
@@ -298,15 +363,16 @@ async def _dispatch(
                         limiter=limiter,
                         breaker=breaker,
                         deadline=deadline,
+                        recorder=recorder,
                     )
                 except UnsafeTargetError as exc:
                     breaker.tripped = str(exc)
                     results, unsent = [], [lead["id"] for lead in page]
-                if recording is not None:
-                    await recording
+                await recorder.drain()
+                if unsent:
+                    await asyncio.to_thread(release, token, unsent)
                 report.add(results)
                 report.released += len(unsent)
-                recording = asyncio.ensure_future(asyncio.to_thread(record, token, results, unsent))
                 log.info(
                     "%s shard %d/%d page %d: %d sent, %d delivered so far",
                     sel.action_key,
@@ -319,13 +385,9 @@ async def _dispatch(
                 if breaker.tripped:
                     break
     finally:
-        if recording is not None:
-            await recording
         if next_claim is not None:  # a prefetched page that will not be sent goes back
             token, page = await next_claim
-            release_claims(
-                engine, action_key=sel.action_key, token=token, lead_ids=[lead["id"] for lead in page]
-            )
+            release(token, [lead["id"] for lead in page])
             report.claimed += len(page)
             report.released += len(page)
     if breaker.tripped:

@@ -6,9 +6,11 @@ due, ``in_flight`` with an expired claim (its dispatcher died), or — with ``re
 ``delivered`` for an older lead version.
 
 Claiming is one ``INSERT … ON CONFLICT DO UPDATE … WHERE <claimable> RETURNING lead_id``: the
-database decides, row by row, who owns a lead. On PostgreSQL a concurrent claimer blocks on the
-row, re-checks the WHERE against the committed state and gets nothing back; on SQLite the write
-transaction (``BEGIN IMMEDIATE``) serialises claimers. Either way a lead is never owned twice.
+database decides, row by row, who owns a lead. On PostgreSQL the candidate leads are first
+selected ``FOR NO KEY UPDATE SKIP LOCKED`` so concurrent claimers take different leads instead
+of queueing; a claimer that still meets a rival's row blocks on it, re-checks the WHERE against
+the committed state and gets nothing back. On SQLite the write transaction (``BEGIN IMMEDIATE``)
+serialises claimers. Either way a lead is never owned twice.
 Outcomes are recorded only where the row still carries the claimer's token, so a dispatcher
 whose claim expired cannot overwrite the one that took over.
 """
@@ -200,9 +202,14 @@ def claim_batch(
     token = token or uuid.uuid4().hex
     dialect = engine.dialect.name
     with engine.begin() as conn:
-        rows = conn.execute(
-            _pending_select(sel, dialect, now=now, shard=shard, after_id=after_id, limit=limit)
+        query = _pending_select(
+            sel, dialect, now=now, shard=shard, after_id=after_id, limit=limit, lead_ids=lead_ids
         )
+        if dialect == "postgresql":
+            # Concurrent claimers skip each other's candidate rows instead of queueing behind them;
+            # the upsert below stays the guard against double ownership.
+            query = query.with_for_update(of=leads, skip_locked=True, key_share=True)
+        rows = conn.execute(query)
         candidates = [dict(r._mapping) for r in rows]
         if not candidates:
             return token, []

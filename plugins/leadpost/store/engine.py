@@ -60,7 +60,10 @@ def _engine_for(url: str) -> Engine:
         engine = sa.create_engine(url, connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000})
         _tune_sqlite(engine)
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4)
+    # values_plus_batch: the ledger's executemany UPDATEs go out in batches, not one round trip per row
+    return sa.create_engine(
+        url, pool_pre_ping=True, pool_size=4, max_overflow=4, executemany_mode="values_plus_batch"
+    )
 
 
 def get_engine(url: str | None = None) -> Engine:
