@@ -60,6 +60,15 @@ def build_trigger_dag(trigger: TriggerConfig, *, triggers_path: str) -> DAG:
     return dag
 
 
+def _dispatch_task(triggers_path: str, shard_desc: dict[str, Any]) -> dict[str, Any]:
+    """One mapped dispatch task; the UI lists it as ``vip_sp.crm 2/4``."""
+    from airflow.sdk import get_current_context
+
+    label = f"{shard_desc['action_key']} {shard_desc['index'] + 1}/{shard_desc['count']}"
+    get_current_context()["shard_label"] = label  # type: ignore[typeddict-unknown-key]
+    return run_shard(triggers_path, shard_desc)
+
+
 def _run_test_task(triggers_path: str, action: str, lead: int | None = None) -> dict[str, Any]:
     from airflow.sdk.exceptions import AirflowFailException
 
