@@ -42,6 +42,21 @@ def _run(dag):
     return run.state == DagRunState.SUCCESS, states
 
 
+def _last_run_tis(dag, task_id):
+    from airflow.models import DagRun
+
+    run = DagRun.find(dag_id=dag.dag_id)[-1]
+    return [ti for ti in run.get_task_instances() if ti.task_id == task_id]
+
+
+def test_a_trigger_pool_is_used_by_its_dispatch_tasks(tmp_path):
+    path = _write_triggers(tmp_path / "triggers.yaml", "https://crm.example.com")
+    path.write_text(path.read_text().replace("    schedule:", "    pool: crm\n    schedule:", 1))
+    dag = build_dags(path)["leadpost_vip"]
+    assert dag.get_task("dispatch").pool == "crm"
+    assert dag.get_task("gate").pool == "default_pool"
+
+
 def test_the_dags_folder_imports_without_errors(airflow_db, monkeypatch):
     from airflow.dag_processing.dagbag import DagBag
 
@@ -92,6 +107,12 @@ def test_untested_action_sends_nothing_then_everything_once_after_the_test(
     emails = sorted(r.form()["email"] for r in receiver.requests)
     assert emails == sorted(f"lead{i}@example.com" for i in range(1, 61))
     assert all(r.form()["token"] == "0132456789" for r in receiver.requests)
+
+    assert {ti.rendered_map_index for ti in _last_run_tis(dag, "dispatch")} == {
+        "vip.crm 1/3",
+        "vip.crm 2/3",
+        "vip.crm 3/3",
+    }
 
     ok, _ = _run(dag)  # a second run sends nothing new
     assert ok and len(receiver.requests) == 60

@@ -328,6 +328,7 @@ class TriggerConfig(_Frozen):
     id: Identifier
     schedule: str | None = DEFAULT_SCHEDULE
     timezone: str = "UTC"
+    pool: str | None = Field(None, min_length=1, max_length=256)  # Airflow pool for the dispatch tasks
     filters: Filters = Filters()
     actions: tuple[ActionConfig, ...] = Field(min_length=1)
 

@@ -41,6 +41,7 @@ def _describe(trigger: TriggerConfig) -> str:
 
 def build_trigger_dag(trigger: TriggerConfig, *, triggers_path: str) -> DAG:
     """gate → plan → dispatch (mapped, one task per shard) → summary."""
+    pool = {"pool": trigger.pool} if trigger.pool else {}
     with DAG(
         dag_id=trigger.dag_id,
         schedule=trigger.schedule,
@@ -54,7 +55,9 @@ def build_trigger_dag(trigger: TriggerConfig, *, triggers_path: str) -> DAG:
         gate = ActionGateSensor(task_id="gate", trigger_id=trigger.id, triggers_path=triggers_path)
         plan = task(task_id="plan")(plan_shards)(triggers_path, trigger.id, gate.output)
         dispatch = (
-            task(task_id="dispatch")(run_shard).partial(triggers_path=triggers_path).expand(shard_desc=plan)
+            task(task_id="dispatch", map_index_template="{{ shard_label }}", **pool)(_dispatch_task)
+            .partial(triggers_path=triggers_path)
+            .expand(shard_desc=plan)
         )
         task(task_id="summary")(summarize)(triggers_path, trigger.id, dispatch)
     return dag
