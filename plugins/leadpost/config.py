@@ -457,9 +457,13 @@ def parse_triggers(text: str, *, source: str = "<triggers>") -> TriggersFile:
     except ValidationError as exc:
         errors = exc.errors()
         # "too short after validation" only echoes failures of the items themselves
-        deeper = {tuple(e["loc"][:-1]) for e in errors if len(e["loc"]) > 1}
-        deeper |= {tuple(e["loc"][:-2]) for e in errors if len(e["loc"]) > 2}
-        errors = [e for e in errors if not (e["type"] == "too_short" and tuple(e["loc"]) in deeper)]
+        def echoes_items(err: Any) -> bool:
+            loc = tuple(err["loc"])
+            return err["type"] == "too_short" and any(
+                len(other["loc"]) > len(loc) and tuple(other["loc"][: len(loc)]) == loc for other in errors
+            )
+
+        errors = [e for e in errors if not echoes_items(e)]
         problems += [_describe(err) for err in errors]
         parsed = None
     if problems:
