@@ -105,18 +105,20 @@ def _status_rows(triggers: TriggersFile) -> list[dict[str, Any]]:
     for trigger in triggers.triggers:
         today = pendulum.now(trigger.timezone).date()
         for action in trigger.actions:
-            state = action_state(engine, trigger, action)
             counts = count_deliveries(engine, Selection(trigger, action, today))
-            rows.append(
-                {
-                    "action": f"{trigger.id}.{action.id}",
+            row = {"action": f"{trigger.id}.{action.id}", "last_test_at": None, "last_test_ok": None}
+            try:
+                state = action_state(engine, trigger, action)
+            except LeadpostError as exc:  # e.g. its auth connection is missing: show it, go on
+                row |= {"status": "untested", "reason": str(exc)}
+            else:
+                row |= {
                     "status": str(state.status),
                     "reason": state.reason,
-                    **counts.as_dict(),
                     "last_test_at": state.last_test_at.isoformat() if state.last_test_at else None,
                     "last_test_ok": state.last_test_ok,
                 }
-            )
+            rows.append(row | counts.as_dict())
     return rows
 
 

@@ -140,6 +140,10 @@ class RateLimiter:
         self._next = time.monotonic()
         self._paused_until = 0.0
 
+    def held_past(self, deadline: float) -> bool:
+        """Whether the endpoint asked us to wait beyond ``deadline`` (then the run should end)."""
+        return self._paused_until > deadline
+
     def pause(self, seconds: float) -> None:
         self._paused_until = max(self._paused_until, time.monotonic() + seconds)
 
@@ -164,14 +168,17 @@ class Recorder:
     """Writes outcomes to the ledger while the page is still being sent.
 
     Outcomes are flushed in groups of ``flush_at`` (one transaction each, in a worker thread),
-    and senders wait when ``2 * flush_at`` requests are sent but not yet recorded. That ceiling
-    is what a crash can resend: at most ``2 * concurrency`` requests, never a whole page.
+    and senders wait while ``ceiling`` requests are sent but not yet recorded. That ceiling is
+    what a crash can resend — dispatch sets it to ``concurrency``: the requests in flight, never
+    a whole page.
     """
 
-    def __init__(self, write: Callable[[list[tuple[int, Outcome, int]]], None], *, flush_at: int) -> None:
+    def __init__(
+        self, write: Callable[[list[tuple[int, Outcome, int]]], None], *, flush_at: int, ceiling: int
+    ) -> None:
         self._write = write
-        self._flush_at = max(1, flush_at)
-        self._slots = asyncio.Semaphore(2 * self._flush_at)
+        self._flush_at = max(1, min(flush_at, ceiling))
+        self._slots = asyncio.Semaphore(max(1, ceiling))
         self._buffer: list[tuple[int, Outcome, int]] = []
         self._flushing: asyncio.Task[None] | None = None
 
@@ -223,7 +230,7 @@ async def send_leads(
     results: list[tuple[int, Outcome, int]] = []
 
     async def worker() -> None:
-        while queue and not breaker.tripped:
+        while queue and not breaker.tripped and not limiter.held_past(deadline):
             if recorder is not None:
                 await recorder.reserve()
                 if not queue or breaker.tripped:
@@ -245,6 +252,8 @@ async def send_leads(
                 if time.monotonic() + delay > deadline:
                     break
                 await asyncio.sleep(delay)
+                if breaker.tripped:  # tripped while this lead was backing off
+                    break
             result = (lead["id"], outcome, tries)
             results.append(result)
             if recorder is not None:
@@ -353,7 +362,11 @@ async def _dispatch(
                 remaining -= len(page)
                 # the next page is claimed while this one is on the wire
                 next_claim = asyncio.ensure_future(asyncio.to_thread(claim, page[-1]["id"]))
-                recorder = Recorder(_writer(engine, sel, token), flush_at=action.concurrency)
+                recorder = Recorder(
+                    _writer(engine, sel, token),
+                    flush_at=max(1, action.concurrency // 2),
+                    ceiling=action.concurrency,
+                )
                 try:
                     results, unsent = await send_leads(
                         client,
@@ -384,6 +397,14 @@ async def _dispatch(
                 )
                 if breaker.tripped:
                     break
+                if limiter.held_past(deadline):
+                    log.info(
+                        "%s: the endpoint asked to wait past this run's budget; the rest waits",
+                        sel.action_key,
+                    )
+                    break
+    except UnsafeTargetError as exc:  # the target stopped being allowed (e.g. allowed_networks narrowed)
+        breaker.tripped = breaker.tripped or str(exc)
     finally:
         if next_claim is not None:  # a prefetched page that will not be sent goes back
             token, page = await next_claim
