@@ -25,6 +25,13 @@ OK = Outcome(OutcomeKind.DELIVERED, 200)
 NOW = T0 + timedelta(hours=1)
 
 
+def _deliver_all(store, sel):
+    """Claim every pending lead of ``sel`` and record it delivered."""
+    token, page = claim_batch(store, sel, now=NOW)
+    results = [(x["id"], OK, 1) for x in page]
+    record_outcomes(store, action_key=sel.action_key, token=token, results=results, max_attempts=3, now=NOW)
+
+
 def test_a_claimed_page_is_not_claimed_again_until_its_claim_expires(store):
     add_leads(store, 10)
     sel = selection("https://x.com/p")
@@ -43,15 +50,7 @@ def test_a_claimed_page_is_not_claimed_again_until_its_claim_expires(store):
 def test_delivered_leads_are_never_claimed_again(store):
     add_leads(store, 3)
     sel = selection("https://x.com/p")
-    token, page = claim_batch(store, sel, now=NOW)
-    record_outcomes(
-        store,
-        action_key=sel.action_key,
-        token=token,
-        results=[(x["id"], OK, 1) for x in page],
-        max_attempts=3,
-        now=NOW,
-    )
+    _deliver_all(store, sel)
     assert claim_batch(store, sel, now=NOW + timedelta(days=30))[1] == []
     rows = ledger_rows(store, sel.action_key)
     assert {r["state"] for r in rows.values()} == {DeliveryState.DELIVERED}
@@ -69,15 +68,7 @@ def test_resend_on_update_claims_a_lead_again_when_it_changes(store):
     plain = selection("https://x.com/p", action="plain")
     resend = selection("https://x.com/p", action="resend", extra="resend_on_update: true")
     for sel in (plain, resend):
-        token, page = claim_batch(store, sel, now=NOW)
-        record_outcomes(
-            store,
-            action_key=sel.action_key,
-            token=token,
-            results=[(x["id"], OK, 1) for x in page],
-            max_attempts=3,
-            now=NOW,
-        )
+        _deliver_all(store, sel)
     with store.begin() as conn:
         conn.execute(leads.update().where(leads.c.id == 2).values(updated_at=NOW, city="Rio"))
     assert claim_batch(store, plain, now=NOW)[1] == []
