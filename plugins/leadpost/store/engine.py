@@ -10,11 +10,20 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from leadpost.store.schema import metadata
 
-__all__ = ["STORE_CONN_ID", "default_sqlite_path", "get_engine", "init_db", "store_url", "utcnow"]
+__all__ = [
+    "STORE_CONN_ID",
+    "default_sqlite_path",
+    "dialect_insert",
+    "get_engine",
+    "init_db",
+    "store_url",
+    "utcnow",
+]
 
 log = logging.getLogger(__name__)
 
@@ -100,3 +109,8 @@ def init_db(engine: Engine | None = None) -> Engine:
         Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
     metadata.create_all(engine, checkfirst=True)
     return engine
+
+
+def dialect_insert(dialect_name: str) -> Any:
+    """``insert()`` with ``on_conflict_do_update`` for the store's two backends."""
+    return postgresql.insert if dialect_name == "postgresql" else sqlite.insert

@@ -1,0 +1,246 @@
+"""Claim before send, record after: the write side of the delivery ledger."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from leadpost.ledger.selection import Selection, Shard, claimable, pending_select
+from leadpost.states import DeliveryState, Outcome, OutcomeKind
+from leadpost.store import deliveries, leads, utcnow
+from leadpost.store.engine import dialect_insert
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
+
+__all__ = ["DEFAULT_CLAIM_TTL_S", "claim_batch", "claim_ttl", "record_outcomes", "release_claims"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CLAIM_TTL_S = 900  # longer than any page takes to send, retries included
+_MAX_ROWS_PER_STATEMENT = 2000  # keeps multi-VALUES statements under SQLite's variable limit
+_BACKOFF_BASE_S = 30.0  # between runs: 30 s, 1 min, 2 min … capped
+_BACKOFF_CAP_S = 6 * 3600.0
+_ERROR_MAX = 300
+
+
+def claim_ttl() -> timedelta:
+    """How long a claim holds before another dispatcher may take the lead (``LEADPOST_CLAIM_TTL_S``)."""
+    return timedelta(seconds=float(os.environ.get("LEADPOST_CLAIM_TTL_S", DEFAULT_CLAIM_TTL_S)))
+
+
+# --- selections -------------------------------------------------------------------------------
+
+
+def claim_batch(
+    engine: Engine,
+    sel: Selection,
+    *,
+    shard: Shard | None = None,
+    after_id: int = 0,
+    limit: int = 500,
+    token: str | None = None,
+    now: datetime | None = None,
+    lead_ids: Sequence[int] | None = None,
+) -> tuple[str, list[dict[str, Any]]]:
+    """Claim the next page of pending leads of ``shard`` with ids above ``after_id``.
+
+    :param lead_ids: only these leads (for operators given explicit ids).
+    :return: the claim token and the claimed leads (id, fields, ``updated_at``), ordered by id.
+    """
+    now = now or utcnow()
+    token = token or uuid.uuid4().hex
+    dialect = engine.dialect.name
+    with engine.begin() as conn:
+        query = pending_select(
+            sel, dialect, now=now, shard=shard, after_id=after_id, limit=limit, lead_ids=lead_ids
+        )
+        if dialect == "postgresql":
+            # Concurrent claimers skip each other's candidate rows instead of queueing behind them;
+            # the upsert below stays the guard against double ownership.
+            query = query.with_for_update(of=leads, skip_locked=True, key_share=True)
+        rows = conn.execute(query)
+        candidates = [dict(r._mapping) for r in rows]
+        if not candidates:
+            return token, []
+        claimed = _claim_rows(conn, sel, candidates, token=token, now=now)
+    return token, [c for c in candidates if c["id"] in claimed]
+
+
+def _claim_rows(
+    conn: Connection, sel: Selection, candidates: list[dict[str, Any]], *, token: str, now: datetime
+) -> set[int]:
+    insert = dialect_insert(conn.dialect.name)
+    expires = now + claim_ttl()
+    claimed: set[int] = set()
+    for start in range(0, len(candidates), _MAX_ROWS_PER_STATEMENT):
+        chunk = candidates[start : start + _MAX_ROWS_PER_STATEMENT]
+        stmt = insert(deliveries).values(
+            [
+                {
+                    "action_key": sel.action_key,
+                    "lead_id": c["id"],
+                    "lead_version": c["updated_at"],
+                    "state": DeliveryState.IN_FLIGHT,
+                    "attempts": 0,
+                    "claim_token": token,
+                    "claim_expires_at": expires,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for c in chunk
+            ]
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[deliveries.c.action_key, deliveries.c.lead_id],
+            set_={
+                "state": DeliveryState.IN_FLIGHT,
+                "claim_token": stmt.excluded.claim_token,
+                "claim_expires_at": stmt.excluded.claim_expires_at,
+                "lead_version": stmt.excluded.lead_version,
+                "updated_at": stmt.excluded.updated_at,
+            },
+            where=claimable(
+                deliveries,
+                now=now,
+                current_version=stmt.excluded.lead_version,
+                resend_on_update=sel.action.resend_on_update,
+            ),
+        ).returning(deliveries.c.lead_id)
+        claimed.update(conn.execute(stmt).scalars())
+    return claimed
+
+
+# --- recording --------------------------------------------------------------------------------
+
+
+def _retry_at(now: datetime, attempts: int, retry_after_s: float | None) -> datetime:
+    """Exponential backoff with jitter between runs; never earlier than the receiver's Retry-After."""
+    delay = min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2 ** max(0, attempts - 1))
+    delay = delay * (0.5 + random.random() / 2)
+    return now + timedelta(seconds=max(delay, retry_after_s or 0))
+
+
+def _short(error: str | None) -> str | None:
+    return None if error is None else error[:_ERROR_MAX]
+
+
+def record_outcomes(
+    engine: Engine,
+    *,
+    action_key: str,
+    token: str,
+    results: Sequence[tuple[int, Outcome, int]],
+    max_attempts: int,
+    now: datetime | None = None,
+) -> None:
+    """Record a page's outcomes in one transaction.
+
+    :param results: ``(lead_id, outcome, tries)`` per lead; ``tries`` is how many requests this
+        run made for it (in-run retries included).
+    :param max_attempts: a transient failure with this many attempts in total becomes a dead letter.
+    """
+    now = now or utcnow()
+    delivered, failed, released = [], [], []
+    for lead_id, outcome, tries in results:
+        base = {"k": action_key, "i": lead_id, "t": token, "n": tries, "s": outcome.status}
+        if outcome.kind is OutcomeKind.DELIVERED:
+            delivered.append(base)
+        elif outcome.kind in (OutcomeKind.TRANSIENT, OutcomeKind.REJECTED):
+            dead_now = outcome.kind is OutcomeKind.REJECTED
+            failed.append(
+                base
+                | {
+                    "e": _short(outcome.error),
+                    "dead": dead_now,
+                    "at": None if dead_now else _retry_at(now, tries, outcome.retry_after_s),
+                }
+            )
+        else:  # auth failed / gone: the action is at fault, not the lead — it waits for a re-test
+            released.append(
+                {"k": action_key, "i": lead_id, "t": token, "s": outcome.status, "e": _short(outcome.error)}
+            )
+    d = deliveries.c
+    mine = sa.and_(
+        d.action_key == sa.bindparam("k"), d.lead_id == sa.bindparam("i"), d.claim_token == sa.bindparam("t")
+    )
+    attempts = d.attempts + sa.bindparam("n", type_=sa.Integer)
+    with engine.begin() as conn:
+        if delivered:
+            conn.execute(
+                deliveries.update()
+                .where(mine)
+                .values(
+                    state=DeliveryState.DELIVERED,
+                    attempts=attempts,
+                    last_status=sa.bindparam("s"),
+                    last_error=None,
+                    claim_token=None,
+                    claim_expires_at=None,
+                    next_attempt_at=None,
+                    updated_at=now,
+                    delivered_at=now,
+                ),
+                delivered,
+            )
+        if failed:
+            dead = sa.or_(sa.bindparam("dead", type_=sa.Boolean), attempts >= max_attempts)
+            conn.execute(
+                deliveries.update()
+                .where(mine)
+                .values(
+                    state=sa.case((dead, DeliveryState.DEAD), else_=DeliveryState.RETRYING),
+                    attempts=attempts,
+                    last_status=sa.bindparam("s"),
+                    last_error=sa.bindparam("e"),
+                    claim_token=None,
+                    claim_expires_at=None,
+                    next_attempt_at=sa.bindparam("at", type_=d.next_attempt_at.type),  # unused once dead
+                    updated_at=now,
+                ),
+                failed,
+            )
+        if released:
+            conn.execute(
+                deliveries.update()
+                .where(mine)
+                .values(
+                    state=DeliveryState.PENDING,
+                    last_status=sa.bindparam("s"),
+                    last_error=sa.bindparam("e"),
+                    claim_token=None,
+                    claim_expires_at=None,
+                    updated_at=now,
+                ),
+                released,
+            )
+
+
+def release_claims(engine: Engine, *, action_key: str, token: str, lead_ids: Iterable[int]) -> int:
+    """Give unsent claimed leads back (pending, no attempt counted): the run stopped before them."""
+    params = [{"k": action_key, "i": i, "t": token} for i in lead_ids]
+    if not params:
+        return 0
+    d = deliveries.c
+    stmt = (
+        deliveries.update()
+        .where(
+            d.action_key == sa.bindparam("k"),
+            d.lead_id == sa.bindparam("i"),
+            d.claim_token == sa.bindparam("t"),
+        )
+        .values(state=DeliveryState.PENDING, claim_token=None, claim_expires_at=None, updated_at=utcnow())
+    )
+    with engine.begin() as conn:
+        conn.execute(stmt, params)
+    return len(params)
+
+
+# --- counts, dead letters, replay -------------------------------------------------------------

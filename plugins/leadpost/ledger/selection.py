@@ -1,0 +1,124 @@
+"""What an action is after: Selection (trigger filters for one day), Shard, and the one SELECT
+that finds its pending leads, keyset-paged by id."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from leadpost.filters import compile_filters
+from leadpost.states import DeliveryState
+from leadpost.store import deliveries, leads
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from leadpost.config import ActionConfig, TriggerConfig
+
+__all__ = ["LEAD_COLUMNS", "Selection", "Shard", "claimable", "pending_select"]
+
+LEAD_COLUMNS = (
+    leads.c.id,
+    leads.c.email,
+    leads.c.name,
+    leads.c.birth_date,
+    leads.c.phone,
+    leads.c.company,
+    leads.c.city,
+    leads.c.state,
+    leads.c.updated_at,
+)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One mapped dispatch task's share of an action's leads: ``lead id % count == index``.
+
+    Small and JSON-friendly: this is what travels through XCom.
+    """
+
+    action_key: str
+    index: int = 0
+    count: int = 1
+
+    def to_xcom(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_xcom(cls, data: dict[str, Any]) -> Shard:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which leads an action is after: the trigger's filters, evaluated for one day in one zone."""
+
+    trigger: TriggerConfig
+    action: ActionConfig
+    today: date
+
+    @property
+    def action_key(self) -> str:
+        return f"{self.trigger.id}.{self.action.id}"
+
+    def conditions(self, dialect_name: str) -> list[sa.ColumnElement[bool]]:
+        return compile_filters(
+            self.trigger.filters, timezone=self.trigger.timezone, today=self.today, dialect_name=dialect_name
+        )
+
+
+def claimable(
+    row: Any, *, now: datetime, current_version: Any, resend_on_update: bool
+) -> sa.ColumnElement[bool]:
+    """SQL truth of "this delivery row may be claimed now" (row = the deliveries table or its alias)."""
+    clauses = [
+        row.c.state == DeliveryState.PENDING,
+        sa.and_(row.c.state == DeliveryState.RETRYING, row.c.next_attempt_at <= now),
+        sa.and_(row.c.state == DeliveryState.IN_FLIGHT, row.c.claim_expires_at <= now),
+    ]
+    if resend_on_update:
+        clauses.append(sa.and_(row.c.state == DeliveryState.DELIVERED, row.c.lead_version < current_version))
+    return sa.or_(*clauses)
+
+
+def _unowned(row: Any, *, current_version: Any, resend_on_update: bool) -> sa.ColumnElement[bool]:
+    """SQL truth of "no state holds this lead": what ``pending`` counts (due retries count as retrying)."""
+    clauses = [row.c.state == DeliveryState.PENDING]
+    if resend_on_update:
+        clauses.append(sa.and_(row.c.state == DeliveryState.DELIVERED, row.c.lead_version < current_version))
+    return sa.or_(*clauses)
+
+
+def pending_select(
+    sel: Selection,
+    dialect_name: str,
+    *,
+    now: datetime,
+    shard: Shard | None,
+    after_id: int,
+    limit: int | None,
+    claimable_now: bool = True,
+    lead_ids: Sequence[int] | None = None,
+) -> sa.Select[Any]:
+    """One SELECT: matching active leads without a blocking delivery row, keyset-paged by id."""
+    d = deliveries.alias("d")
+    join = leads.outerjoin(d, sa.and_(d.c.action_key == sel.action_key, d.c.lead_id == leads.c.id))
+    resend = sel.action.resend_on_update
+    if claimable_now:
+        open_row = claimable(d, now=now, current_version=leads.c.updated_at, resend_on_update=resend)
+    else:
+        open_row = _unowned(d, current_version=leads.c.updated_at, resend_on_update=resend)
+    query = (
+        sa.select(*LEAD_COLUMNS)
+        .select_from(join)
+        .where(*sel.conditions(dialect_name), leads.c.id > after_id, sa.or_(d.c.lead_id.is_(None), open_row))
+        .order_by(leads.c.id)
+    )
+    if shard is not None and shard.count > 1:
+        query = query.where(leads.c.id % shard.count == shard.index)
+    if lead_ids is not None:
+        query = query.where(leads.c.id.in_(lead_ids))
+    return query.limit(limit) if limit is not None else query
