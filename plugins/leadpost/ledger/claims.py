@@ -25,7 +25,6 @@ __all__ = ["DEFAULT_CLAIM_TTL_S", "claim_batch", "claim_ttl", "record_outcomes",
 log = logging.getLogger(__name__)
 
 DEFAULT_CLAIM_TTL_S = 900  # longer than any page takes to send, retries included
-_MAX_ROWS_PER_STATEMENT = 2000  # keeps multi-VALUES statements under SQLite's variable limit
 _BACKOFF_BASE_S = 30.0  # between runs: 30 s, 1 min, 2 min … capped
 _BACKOFF_CAP_S = 6 * 3600.0
 _ERROR_MAX = 300
@@ -77,45 +76,41 @@ def claim_batch(
 def _claim_rows(
     conn: Connection, sel: Selection, candidates: list[dict[str, Any]], *, token: str, now: datetime
 ) -> set[int]:
-    insert = dialect_insert(conn.dialect.name)
+    # One statement shape for every page, run as an executemany: SQLAlchemy compiles it once and
+    # sends batched multi-row VALUES (insertmanyvalues), instead of compiling 500 rows per page.
+    stmt = dialect_insert(conn.dialect.name)(deliveries)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[deliveries.c.action_key, deliveries.c.lead_id],
+        set_={
+            "state": DeliveryState.IN_FLIGHT,
+            "claim_token": stmt.excluded.claim_token,
+            "claim_expires_at": stmt.excluded.claim_expires_at,
+            "lead_version": stmt.excluded.lead_version,
+            "updated_at": stmt.excluded.updated_at,
+        },
+        where=claimable(
+            deliveries,
+            now=now,
+            current_version=stmt.excluded.lead_version,
+            resend_on_update=sel.action.resend_on_update,
+        ),
+    ).returning(deliveries.c.lead_id)
     expires = now + claim_ttl()
-    claimed: set[int] = set()
-    for start in range(0, len(candidates), _MAX_ROWS_PER_STATEMENT):
-        chunk = candidates[start : start + _MAX_ROWS_PER_STATEMENT]
-        stmt = insert(deliveries).values(
-            [
-                {
-                    "action_key": sel.action_key,
-                    "lead_id": c["id"],
-                    "lead_version": c["updated_at"],
-                    "state": DeliveryState.IN_FLIGHT,
-                    "attempts": 0,
-                    "claim_token": token,
-                    "claim_expires_at": expires,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for c in chunk
-            ]
-        )
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[deliveries.c.action_key, deliveries.c.lead_id],
-            set_={
-                "state": DeliveryState.IN_FLIGHT,
-                "claim_token": stmt.excluded.claim_token,
-                "claim_expires_at": stmt.excluded.claim_expires_at,
-                "lead_version": stmt.excluded.lead_version,
-                "updated_at": stmt.excluded.updated_at,
-            },
-            where=claimable(
-                deliveries,
-                now=now,
-                current_version=stmt.excluded.lead_version,
-                resend_on_update=sel.action.resend_on_update,
-            ),
-        ).returning(deliveries.c.lead_id)
-        claimed.update(conn.execute(stmt).scalars())
-    return claimed
+    rows = [
+        {
+            "action_key": sel.action_key,
+            "lead_id": c["id"],
+            "lead_version": c["updated_at"],
+            "state": DeliveryState.IN_FLIGHT,
+            "attempts": 0,
+            "claim_token": token,
+            "claim_expires_at": expires,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for c in candidates
+    ]
+    return set(conn.execute(stmt, rows).scalars())
 
 
 # --- recording --------------------------------------------------------------------------------
@@ -132,6 +127,55 @@ def _short(error: str | None) -> str | None:
     return None if error is None else error[:_ERROR_MAX]
 
 
+def _outcome_updates() -> tuple[sa.Update, sa.Update, sa.Update]:
+    """The three UPDATEs that record outcomes, built once: recording runs many times per page."""
+    d = deliveries.c
+    mine = sa.and_(
+        d.action_key == sa.bindparam("k"), d.lead_id == sa.bindparam("i"), d.claim_token == sa.bindparam("t")
+    )
+    attempts = d.attempts + sa.bindparam("n", type_=sa.Integer)
+    now = sa.bindparam("now", type_=d.updated_at.type)
+    done = {
+        "claim_token": None,
+        "claim_expires_at": None,
+        "updated_at": now,
+        "last_status": sa.bindparam("s"),
+    }
+    delivered = (
+        deliveries.update()
+        .where(mine)
+        .values(
+            state=DeliveryState.DELIVERED,
+            attempts=attempts,
+            last_error=None,
+            next_attempt_at=None,
+            delivered_at=now,
+            **done,
+        )
+    )
+    dead = sa.or_(sa.bindparam("dead", type_=sa.Boolean), attempts >= sa.bindparam("max", type_=sa.Integer))
+    failed = (
+        deliveries.update()
+        .where(mine)
+        .values(
+            state=sa.case((dead, DeliveryState.DEAD), else_=DeliveryState.RETRYING),
+            attempts=attempts,
+            last_error=sa.bindparam("e"),
+            next_attempt_at=sa.bindparam("at", type_=d.next_attempt_at.type),  # unused once dead
+            **done,
+        )
+    )
+    released = (
+        deliveries.update()
+        .where(mine)
+        .values(state=DeliveryState.PENDING, last_error=sa.bindparam("e"), **done)
+    )
+    return delivered, failed, released
+
+
+_RECORD_DELIVERED, _RECORD_FAILED, _RECORD_RELEASED = _outcome_updates()
+
+
 def record_outcomes(
     engine: Engine,
     *,
@@ -141,7 +185,7 @@ def record_outcomes(
     max_attempts: int,
     now: datetime | None = None,
 ) -> None:
-    """Record a page's outcomes in one transaction.
+    """Record outcomes in one transaction.
 
     :param results: ``(lead_id, outcome, tries)`` per lead; ``tries`` is how many requests this
         run made for it (in-run retries included).
@@ -150,77 +194,25 @@ def record_outcomes(
     now = now or utcnow()
     delivered, failed, released = [], [], []
     for lead_id, outcome, tries in results:
-        base = {"k": action_key, "i": lead_id, "t": token, "n": tries, "s": outcome.status}
+        row = {"k": action_key, "i": lead_id, "t": token, "n": tries, "s": outcome.status, "now": now}
         if outcome.kind is OutcomeKind.DELIVERED:
-            delivered.append(base)
+            delivered.append(row)
         elif outcome.kind in (OutcomeKind.TRANSIENT, OutcomeKind.REJECTED):
             dead_now = outcome.kind is OutcomeKind.REJECTED
+            retry_at = None if dead_now else _retry_at(now, tries, outcome.retry_after_s)
             failed.append(
-                base
-                | {
-                    "e": _short(outcome.error),
-                    "dead": dead_now,
-                    "at": None if dead_now else _retry_at(now, tries, outcome.retry_after_s),
-                }
+                row | {"e": _short(outcome.error), "dead": dead_now, "at": retry_at, "max": max_attempts}
             )
         else:  # auth failed / gone: the action is at fault, not the lead — it waits for a re-test
-            released.append(
-                {"k": action_key, "i": lead_id, "t": token, "s": outcome.status, "e": _short(outcome.error)}
-            )
-    d = deliveries.c
-    mine = sa.and_(
-        d.action_key == sa.bindparam("k"), d.lead_id == sa.bindparam("i"), d.claim_token == sa.bindparam("t")
-    )
-    attempts = d.attempts + sa.bindparam("n", type_=sa.Integer)
+            released.append(row | {"e": _short(outcome.error)})
     with engine.begin() as conn:
-        if delivered:
-            conn.execute(
-                deliveries.update()
-                .where(mine)
-                .values(
-                    state=DeliveryState.DELIVERED,
-                    attempts=attempts,
-                    last_status=sa.bindparam("s"),
-                    last_error=None,
-                    claim_token=None,
-                    claim_expires_at=None,
-                    next_attempt_at=None,
-                    updated_at=now,
-                    delivered_at=now,
-                ),
-                delivered,
-            )
-        if failed:
-            dead = sa.or_(sa.bindparam("dead", type_=sa.Boolean), attempts >= max_attempts)
-            conn.execute(
-                deliveries.update()
-                .where(mine)
-                .values(
-                    state=sa.case((dead, DeliveryState.DEAD), else_=DeliveryState.RETRYING),
-                    attempts=attempts,
-                    last_status=sa.bindparam("s"),
-                    last_error=sa.bindparam("e"),
-                    claim_token=None,
-                    claim_expires_at=None,
-                    next_attempt_at=sa.bindparam("at", type_=d.next_attempt_at.type),  # unused once dead
-                    updated_at=now,
-                ),
-                failed,
-            )
-        if released:
-            conn.execute(
-                deliveries.update()
-                .where(mine)
-                .values(
-                    state=DeliveryState.PENDING,
-                    last_status=sa.bindparam("s"),
-                    last_error=sa.bindparam("e"),
-                    claim_token=None,
-                    claim_expires_at=None,
-                    updated_at=now,
-                ),
-                released,
-            )
+        for stmt, rows in (
+            (_RECORD_DELIVERED, delivered),
+            (_RECORD_FAILED, failed),
+            (_RECORD_RELEASED, released),
+        ):
+            if rows:
+                conn.execute(stmt, rows)
 
 
 def release_claims(engine: Engine, *, action_key: str, token: str, lead_ids: Iterable[int]) -> int:
