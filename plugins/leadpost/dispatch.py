@@ -148,6 +148,8 @@ class RateLimiter:
         self._paused_until = max(self._paused_until, time.monotonic() + seconds)
 
     async def wait(self) -> None:
+        if not self._interval and self._paused_until <= 0:
+            return  # no rate limit, never paused: the common case costs one comparison
         while True:
             now = time.monotonic()
             hold = self._paused_until - now
