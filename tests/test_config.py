@@ -26,7 +26,9 @@ def _problems(text: str) -> list[str]:
 
 
 def _action_yaml(body: str) -> str:
-    return "triggers:\n  - id: t\n    actions:\n      - id: a\n" + textwrap.indent(textwrap.dedent(body), " " * 8)
+    return "triggers:\n  - id: t\n    actions:\n      - id: a\n" + textwrap.indent(
+        textwrap.dedent(body), " " * 8
+    )
 
 
 def test_seed_link_is_split_into_url_params_and_fields():
@@ -57,14 +59,20 @@ def test_shipped_example_file_is_valid():
         ("url: https://x.com/p?token=1\nfields: {email: e}\n", "put static parameters under 'params'"),
         ("url: https://x.com/p\nfields: {email: e-mail ok}\n", "parameter name 'e-mail ok'"),
         ("url: https://x.com/p\nfields: {name: nomé}\n", "no accents"),
-        ("url: https://x.com/p\nmethod: GET\nbody: json\nfields: {email: e}\n", "'body' applies to POST only"),
+        (
+            "url: https://x.com/p\nmethod: GET\nbody: json\nfields: {email: e}\n",
+            "'body' applies to POST only",
+        ),
         ("url: ftp://x.com/p\nfields: {email: e}\n", "scheme 'ftp' is not allowed"),
         ("url: file:///etc/passwd\nfields: {email: e}\n", "scheme 'file' is not allowed"),
         ("link: 'https://x.com/p?e={emial}'\n", "placeholder '{emial}' names an unknown lead field"),
         ("url: https://x.com/p\nfields: {email: e}\nparams: {e: 1}\n", "used more than once: e"),
         ("url: https://x.com/p\nfields: {email: e}\nbatch_size: 0\n", "triggers[0].actions[0].batch_size"),
-        ("url: https://x.com/p\nfields: {email: e}\nconcurrency: 100000\n", "triggers[0].actions[0].concurrency"),
-        ("url: https://x.com/p\nfields: {email: e}\nparams: {t: \"a\\r\\nX-Evil: 1\"}\n", "control characters"),
+        (
+            "url: https://x.com/p\nfields: {email: e}\nconcurrency: 100000\n",
+            "triggers[0].actions[0].concurrency",
+        ),
+        ('url: https://x.com/p\nfields: {email: e}\nparams: {t: "a\\r\\nX-Evil: 1"}\n', "control characters"),
         ("url: https://x.com/p\nfields: {email: e}\nretries: 3\n", "unknown key 'retries'"),
         ("url: https://x.com/p\n", "map at least one lead field"),
     ],
@@ -105,7 +113,12 @@ def test_fingerprint_changes_with_anything_that_shapes_the_request():
     base = ActionConfig(id="a", url="https://x.com/p", fields={"email": "email"}, params={"token": "1"})
     same = ActionConfig(id="a", url="https://x.com/p", fields={"email": "email"}, params={"token": "1"})
     assert base.fingerprint() == same.fingerprint()
-    for change in ({"params": {"token": "2"}}, {"fields": {"email": "mail"}}, {"method": "GET"}, {"body": "json"}):
+    for change in (
+        {"params": {"token": "2"}},
+        {"fields": {"email": "mail"}},
+        {"method": "GET"},
+        {"body": "json"},
+    ):
         assert base.model_copy(update=change).fingerprint() != base.fingerprint(), change
     assert base.fingerprint(auth_digest="x") != base.fingerprint(auth_digest="y")
     # batch sizes and concurrency do not shape the request: no re-test needed
@@ -113,7 +126,9 @@ def test_fingerprint_changes_with_anything_that_shapes_the_request():
 
 
 def test_static_params_are_not_in_repr():
-    action = ActionConfig(id="a", url="https://x.com/p", fields={"email": "e"}, params={"token": "s3cr3t-canary"})
+    action = ActionConfig(
+        id="a", url="https://x.com/p", fields={"email": "e"}, params={"token": "s3cr3t-canary"}
+    )
     assert "s3cr3t-canary" not in repr(action)
 
 

@@ -456,6 +456,7 @@ def parse_triggers(text: str, *, source: str = "<triggers>") -> TriggersFile:
         parsed = TriggersFile.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors()
+
         # "too short after validation" only echoes failures of the items themselves
         def echoes_items(err: Any) -> bool:
             loc = tuple(err["loc"])
