@@ -128,3 +128,26 @@ def test_a_dead_endpoint_trips_the_breaker_instead_of_burning_every_lead(store, 
     counts = count_deliveries(store, sel)
     assert counts.delivered == 0 and counts.dead == 0
     assert counts.pending + counts.retrying == 500, counts
+
+
+def test_the_recorder_never_leaves_senders_idle_behind_a_part_filled_group():
+    """Answered requests below a full group are recorded as soon as every slot is taken."""
+    import asyncio
+
+    from leadpost.dispatch import Recorder
+    from leadpost.states import Outcome, OutcomeKind
+
+    written: list[list[int]] = []
+    ok = Outcome(OutcomeKind.DELIVERED, 200)
+
+    async def scenario() -> None:
+        recorder = Recorder(lambda batch: written.append([r[0] for r in batch]), flush_at=4, ceiling=8)
+        for _ in range(8):
+            await recorder.reserve()
+        for lead_id in (1, 2, 3):  # three answered, five still in flight: no full group yet
+            recorder.add((lead_id, ok, 1))
+        await asyncio.wait_for(recorder.reserve(), timeout=5)  # must not wait for the held five
+        await recorder.drain()
+
+    asyncio.run(scenario())
+    assert written == [[1, 2, 3]]

@@ -186,6 +186,10 @@ class Recorder:
 
     async def reserve(self) -> None:
         """Wait for room before sending one more request."""
+        if self._slots.locked():
+            # Every slot is taken: record what is buffered now rather than wait for a full group,
+            # or the senders would idle while answered requests sit unrecorded.
+            self._start_flush(force=True)
         await self._slots.acquire()
 
     def cancel(self) -> None:
@@ -194,8 +198,12 @@ class Recorder:
 
     def add(self, result: tuple[int, Outcome, int]) -> None:
         self._buffer.append(result)
-        if len(self._buffer) >= self._flush_at and (self._flushing is None or self._flushing.done()):
-            self._flushing = asyncio.ensure_future(self._flush(force=False))
+        if len(self._buffer) >= self._flush_at:
+            self._start_flush(force=False)
+
+    def _start_flush(self, *, force: bool) -> None:
+        if self._buffer and (self._flushing is None or self._flushing.done()):
+            self._flushing = asyncio.ensure_future(self._flush(force=force))
 
     async def _flush(self, *, force: bool) -> None:
         while self._buffer and (force or len(self._buffer) >= self._flush_at):
