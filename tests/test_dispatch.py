@@ -141,11 +141,13 @@ def test_the_recorder_never_leaves_senders_idle_behind_a_part_filled_group():
     ok = Outcome(OutcomeKind.DELIVERED, 200)
 
     async def scenario() -> None:
-        recorder = Recorder(lambda batch: written.append([r[0] for r in batch]), flush_at=4, ceiling=8)
+        recorder = Recorder(
+            lambda _token, batch: written.append([r[0] for r in batch]), flush_at=4, ceiling=8, max_delay_s=60
+        )
         for _ in range(8):
             await recorder.reserve()
         for lead_id in (1, 2, 3):  # three answered, five still in flight: no full group yet
-            recorder.add((lead_id, ok, 1))
+            recorder.add("token", (lead_id, ok, 1))
         await asyncio.wait_for(recorder.reserve(), timeout=5)  # must not wait for the held five
         await recorder.drain()
 

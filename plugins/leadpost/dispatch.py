@@ -1,8 +1,10 @@
-"""Dispatch one shard of an action: claim a page → send it → record it → next page.
+"""Dispatch one shard of an action: claim pages of leads, send them, record every outcome.
 
-The database stays off the hot path: while page *k* is being sent, page *k+1* is already being
-claimed and page *k-1* recorded, each in a worker thread. Sending is ``concurrency`` coroutines
-pulling from one queue over one pooled aiohttp client (one session per dispatch task).
+The database stays off the hot path: the next page is claimed while the current one is on the
+wire, and outcomes are recorded in small groups as they arrive, each in a worker thread.
+Sending is ``concurrency`` coroutines pulling from one feed over one pooled aiohttp client (one
+session per dispatch task); they flow from one page into the next without waiting for a page's
+slowest request.
 
 Transient failures are retried inside the run with exponential backoff and jitter; a
 ``Retry-After`` pauses the whole shard until the time it names (it speaks for the endpoint, not
@@ -41,7 +43,16 @@ if TYPE_CHECKING:
 
     from leadpost.hook import LeadPostHook, PreparedLeadRequest
 
-__all__ = ["Breaker", "RateLimiter", "Recorder", "ShardReport", "dispatch_shard", "send_leads"]
+__all__ = [
+    "Breaker",
+    "Feed",
+    "RateLimiter",
+    "Recorder",
+    "Result",
+    "ShardReport",
+    "dispatch_shard",
+    "send_leads",
+]
 
 log = logging.getLogger(__name__)
 
@@ -109,25 +120,24 @@ class Breaker:
         if self.tripped:
             return
         if outcome.kind is OutcomeKind.AUTH_FAILED:
-            self._trip(
+            self.trip(
                 f"the endpoint refused the credentials (HTTP {outcome.status}); check the auth connection"
             )
         elif outcome.kind is OutcomeKind.GONE:
             self.status = ActionStatus.DISABLED
-            self._trip("the endpoint answered 410 Gone: it asked us to stop sending")
+            self.trip("the endpoint answered 410 Gone: it asked us to stop sending")
         failed = outcome.kind is OutcomeKind.TRANSIENT
         self._streak = self._streak + 1 if failed else 0
         self._recent.append(failed)
         if len(self._recent) > self.window:
             self._recent.popleft()
         if self._streak >= self.consecutive:
-            self._trip(f"{self._streak} consecutive failures, last: {outcome.error or outcome.status}")
+            self.trip(f"{self._streak} consecutive failures, last: {outcome.error or outcome.status}")
         elif len(self._recent) == self.window and sum(self._recent) >= self.ratio * self.window:
-            self._trip(
-                f"{sum(self._recent)} of the last {self.window} requests failed, last: {outcome.error}"
-            )
+            self.trip(f"{sum(self._recent)} of the last {self.window} requests failed, last: {outcome.error}")
 
-    def _trip(self, reason: str) -> None:
+    def trip(self, reason: str) -> None:
+        """Stop sending (the first reason wins)."""
         if not self.tripped:
             self.tripped = reason
 
@@ -166,29 +176,38 @@ def _backoff(tries: int) -> float:
     return min(RETRY_CAP_S, RETRY_BASE_S * 2 ** (tries - 1)) * (0.5 + random.random() / 2)
 
 
-class Recorder:
-    """Writes outcomes to the ledger while the page is still being sent.
+Result = tuple[int, Outcome, int]  # lead id, final outcome, requests made for it in this run
 
-    Outcomes are flushed in groups of ``flush_at`` (one transaction each, in a worker thread),
-    and senders wait while ``ceiling`` requests are sent but not yet recorded. That ceiling is
-    what a crash can resend — dispatch sets it to ``concurrency``: the requests in flight, never
-    a whole page.
+
+class Recorder:
+    """Writes outcomes to the ledger while leads are still being sent.
+
+    Outcomes are written in groups (one transaction per claim token, in a worker thread): as
+    soon as ``flush_at`` are waiting, or ``max_delay_s`` after the first one arrived. Senders
+    wait while ``ceiling`` requests are sent but not yet recorded. That ceiling is what a crash
+    can resend — dispatch sets it to ``concurrency``: the requests in flight, never a page.
     """
 
     def __init__(
-        self, write: Callable[[list[tuple[int, Outcome, int]]], None], *, flush_at: int, ceiling: int
+        self,
+        write: Callable[[str, list[Result]], None],
+        *,
+        flush_at: int,
+        ceiling: int,
+        max_delay_s: float = 0.005,
     ) -> None:
         self._write = write
         self._flush_at = max(1, min(flush_at, ceiling))
+        self._max_delay_s = max_delay_s
         self._slots = asyncio.Semaphore(max(1, ceiling))
-        self._buffer: list[tuple[int, Outcome, int]] = []
+        self._buffer: list[tuple[str, Result]] = []
         self._flushing: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     async def reserve(self) -> None:
         """Wait for room before sending one more request."""
         if self._slots.locked():
-            # Every slot is taken: record what is buffered now rather than wait for a full group,
-            # or the senders would idle while answered requests sit unrecorded.
+            # Every slot is taken: record what is buffered now rather than idle the senders.
             self._start_flush(force=True)
         await self._slots.acquire()
 
@@ -196,94 +215,191 @@ class Recorder:
         """Give back a reservation that was not used."""
         self._slots.release()
 
-    def add(self, result: tuple[int, Outcome, int]) -> None:
-        self._buffer.append(result)
+    def add(self, token: str, result: Result) -> None:
+        self._buffer.append((token, result))
         if len(self._buffer) >= self._flush_at:
             self._start_flush(force=False)
+        elif self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._max_delay_s, self._start_flush, True)
 
-    def _start_flush(self, *, force: bool) -> None:
+    def _start_flush(self, force: bool = False) -> None:
+        if self._timer is not None and (force or len(self._buffer) >= self._flush_at):
+            self._timer.cancel()
+            self._timer = None
         if self._buffer and (self._flushing is None or self._flushing.done()):
             self._flushing = asyncio.ensure_future(self._flush(force=force))
 
     async def _flush(self, *, force: bool) -> None:
         while self._buffer and (force or len(self._buffer) >= self._flush_at):
             batch, self._buffer = self._buffer, []
-            await asyncio.to_thread(self._write, batch)
+            await asyncio.to_thread(self._write_batch, batch)
             for _ in batch:
                 self._slots.release()
 
+    def _write_batch(self, batch: list[tuple[str, Result]]) -> None:
+        by_token: dict[str, list[Result]] = {}
+        for token, result in batch:
+            by_token.setdefault(token, []).append(result)
+        for token, results in by_token.items():
+            self._write(token, results)
+
     async def drain(self) -> None:
         """Record everything still buffered."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._flushing is not None:
             await self._flushing
         await self._flush(force=True)
 
 
+class Feed:
+    """Claimed leads waiting to be sent, refilled a page at a time.
+
+    The next page is claimed (in a worker thread) while the current one is on the wire, and
+    senders move on to it as soon as the current page has no lead left to start — no page ends
+    with idle senders waiting for its slowest request.
+
+    :param claim: ``claim(after_id) -> (token, page)``; an empty page ends the feed.
+    """
+
+    def __init__(
+        self, claim: Callable[[int], tuple[str, list[dict[str, Any]]]], *, report: ShardReport
+    ) -> None:
+        self._claim = claim
+        self._report = report
+        self._items: deque[tuple[str, dict[str, Any]]] = deque()
+        self._lock = asyncio.Lock()
+        self._exhausted = False
+        self._next: asyncio.Future[tuple[str, list[dict[str, Any]]]] | None = None
+
+    @classmethod
+    def of(cls, leads: list[dict[str, Any]], *, report: ShardReport) -> Feed:
+        """A feed over leads already in hand (no claims)."""
+        feed = cls(lambda _after: ("", []), report=report)
+        feed._items.extend(("", lead) for lead in leads)
+        return feed
+
+    async def next(self) -> tuple[str, dict[str, Any]] | None:
+        """The next ``(claim token, lead)`` to send, or ``None`` when there is none left."""
+        while not self._items:
+            if self._exhausted:
+                return None
+            async with self._lock:
+                if not self._items and not self._exhausted:
+                    await self._refill()
+        return self._items.popleft()
+
+    async def _refill(self) -> None:
+        if self._next is None:
+            self._next = asyncio.ensure_future(asyncio.to_thread(self._claim, 0))
+        token, page = await self._next
+        self._next = None
+        if not page:
+            self._exhausted = True
+            return
+        self._items.extend((token, lead) for lead in page)
+        self._report.claimed += len(page)
+        self._report.pages += 1
+        self._next = asyncio.ensure_future(asyncio.to_thread(self._claim, page[-1]["id"]))
+
+    def push_back(self, token: str, lead: dict[str, Any]) -> None:
+        self._items.appendleft((token, lead))
+
+    async def close(self) -> dict[str, list[int]]:
+        """Stop refilling; return the claimed but unsent lead ids by claim token."""
+        self._exhausted = True
+        unsent: dict[str, list[int]] = {}
+        for token, lead in self._items:
+            unsent.setdefault(token, []).append(lead["id"])
+        self._items.clear()
+        if self._next is not None:  # a prefetched page that will not be sent
+            token, page = await self._next
+            self._next = None
+            if page:
+                self._report.claimed += len(page)
+                unsent.setdefault(token, []).extend(lead["id"] for lead in page)
+        return unsent
+
+
 async def send_leads(
     client: Any,
     hook: LeadPostHook,
-    page: list[dict[str, Any]],
+    feed: Feed,
     *,
     concurrency: int,
     limiter: RateLimiter,
     breaker: Breaker,
     deadline: float,
     recorder: Recorder | None = None,
-) -> tuple[list[tuple[int, Outcome, int]], list[int]]:
-    """Send a page with ``concurrency`` requests in flight.
+) -> list[Result]:
+    """Send what ``feed`` yields with ``concurrency`` requests in flight.
 
     :param recorder: when given, each outcome is handed to it as soon as it is final.
-    :return: ``(lead_id, outcome, tries)`` for every lead sent, and the ids left unsent because
-        the breaker tripped.
+    :return: ``(lead_id, outcome, tries)`` for every lead sent; the feed keeps the unsent ones.
     """
-    queue = deque(page)
-    results: list[tuple[int, Outcome, int]] = []
+    results: list[Result] = []
+
+    def stopping() -> bool:
+        return bool(breaker.tripped) or limiter.held_past(deadline)
 
     async def worker() -> None:
-        while queue and not breaker.tripped and not limiter.held_past(deadline):
+        while not stopping():
             if recorder is not None:
                 await recorder.reserve()
-                if not queue or breaker.tripped:
+            item = None if stopping() else await feed.next()
+            if item is None:
+                if recorder is not None:
                     recorder.cancel()
-                    break
-            lead = queue.popleft()
-            request: PreparedLeadRequest = hook.build_request(lead)
-            tries = 0
-            while True:
-                await limiter.wait()
-                outcome = await client.send(request)
-                tries += 1
-                breaker.observe(outcome)
-                if outcome.retry_after_s:
-                    limiter.pause(min(outcome.retry_after_s, RETRY_AFTER_CAP_S))
-                if outcome.kind is not OutcomeKind.TRANSIENT or tries >= IN_RUN_TRIES or breaker.tripped:
-                    break
-                delay = max(_backoff(tries), min(outcome.retry_after_s or 0, RETRY_AFTER_CAP_S))
-                if time.monotonic() + delay > deadline:
-                    break
-                await asyncio.sleep(delay)
-                if breaker.tripped:  # tripped while this lead was backing off
-                    break
-            result = (lead["id"], outcome, tries)
+                return
+            token, lead = item
+            try:
+                result = await _send_one(
+                    client, hook, lead, limiter=limiter, breaker=breaker, deadline=deadline
+                )
+            except UnsafeTargetError as exc:  # the target stopped being allowed: a config problem
+                breaker.trip(str(exc))
+                feed.push_back(token, lead)
+                if recorder is not None:
+                    recorder.cancel()
+                return
             results.append(result)
             if recorder is not None:
-                recorder.add(result)
+                recorder.add(token, result)
 
-    await asyncio.gather(*(worker() for _ in range(min(concurrency, len(page)))))
-    return results, [lead["id"] for lead in queue]
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return results
 
 
-def _writer(engine: Engine, sel: Selection, token: str) -> Callable[[list[tuple[int, Outcome, int]]], None]:
-    def write(results: list[tuple[int, Outcome, int]]) -> None:
-        record_outcomes(
-            engine,
-            action_key=sel.action_key,
-            token=token,
-            results=results,
-            max_attempts=sel.action.max_attempts,
-        )
-
-    return write
+async def _send_one(
+    client: Any,
+    hook: LeadPostHook,
+    lead: dict[str, Any],
+    *,
+    limiter: RateLimiter,
+    breaker: Breaker,
+    deadline: float,
+) -> Result:
+    """One lead, with its in-run retries."""
+    request: PreparedLeadRequest = hook.build_request(lead)
+    tries = 0
+    while True:
+        await limiter.wait()
+        outcome = await client.send(request)
+        tries += 1
+        breaker.observe(outcome)
+        if outcome.retry_after_s:
+            limiter.pause(min(outcome.retry_after_s, RETRY_AFTER_CAP_S))
+        if outcome.kind is not OutcomeKind.TRANSIENT or tries >= IN_RUN_TRIES or breaker.tripped:
+            break
+        delay = max(_backoff(tries), min(outcome.retry_after_s or 0, RETRY_AFTER_CAP_S))
+        if time.monotonic() + delay > deadline:
+            break
+        await asyncio.sleep(delay)
+        if breaker.tripped:  # tripped while this lead was backing off
+            break
+    return lead["id"], outcome, tries
 
 
 def dispatch_shard(
@@ -348,79 +464,58 @@ async def _dispatch(
     remaining = max_leads if max_leads is not None else math.inf
 
     def claim(after_id: int) -> tuple[str, list[dict[str, Any]]]:
+        nonlocal remaining
         if require_active and read_status(engine, sel.action_key) is not ActionStatus.ACTIVE:
             return "", []  # another shard tripped the breaker, or someone re-gated the action
         limit = int(min(action.batch_size, remaining))
         if limit <= 0:
             return "", []
-        return claim_batch(engine, sel, shard=shard, after_id=after_id, limit=limit, lead_ids=lead_ids)
+        token, page = claim_batch(engine, sel, shard=shard, after_id=after_id, limit=limit, lead_ids=lead_ids)
+        remaining -= len(page)
+        log.info(
+            "%s shard %d/%d: claimed %d lead(s) after id %d",
+            sel.action_key,
+            shard.index + 1,
+            shard.count,
+            len(page),
+            after_id,
+        )
+        return token, page
 
-    def release(token: str, lead_ids: list[int]) -> None:
-        release_claims(engine, action_key=sel.action_key, token=token, lead_ids=lead_ids)
+    def write(token: str, results: list[Result]) -> None:
+        record_outcomes(
+            engine, action_key=sel.action_key, token=token, results=results, max_attempts=action.max_attempts
+        )
 
-    next_claim: asyncio.Future[tuple[str, list[dict[str, Any]]]] | None
-    next_claim = asyncio.ensure_future(asyncio.to_thread(claim, 0))
+    def release(unsent: dict[str, list[int]]) -> None:
+        for token, ids in unsent.items():
+            release_claims(engine, action_key=sel.action_key, token=token, lead_ids=ids)
+
+    feed = Feed(claim, report=report)
+    recorder = Recorder(write, flush_at=max(1, action.concurrency // 2), ceiling=action.concurrency)
+    results: list[Result] = []
     try:
         async with hook.async_client(action.concurrency) as client:
-            while True:
-                token, page = await next_claim
-                next_claim = None
-                if not page:
-                    break
-                report.claimed += len(page)
-                report.pages += 1
-                remaining -= len(page)
-                # the next page is claimed while this one is on the wire
-                next_claim = asyncio.ensure_future(asyncio.to_thread(claim, page[-1]["id"]))
-                recorder = Recorder(
-                    _writer(engine, sel, token),
-                    flush_at=max(1, action.concurrency // 2),
-                    ceiling=action.concurrency,
-                )
-                try:
-                    results, unsent = await send_leads(
-                        client,
-                        hook,
-                        page,
-                        concurrency=action.concurrency,
-                        limiter=limiter,
-                        breaker=breaker,
-                        deadline=deadline,
-                        recorder=recorder,
-                    )
-                except UnsafeTargetError as exc:
-                    breaker.tripped = str(exc)
-                    results, unsent = [], [lead["id"] for lead in page]
-                await recorder.drain()
-                if unsent:
-                    await asyncio.to_thread(release, token, unsent)
-                report.add(results)
-                report.released += len(unsent)
-                log.info(
-                    "%s shard %d/%d page %d: %d sent, %d delivered so far",
-                    sel.action_key,
-                    shard.index + 1,
-                    shard.count,
-                    report.pages,
-                    len(results),
-                    report.delivered,
-                )
-                if breaker.tripped:
-                    break
-                if limiter.held_past(deadline):
-                    log.info(
-                        "%s: the endpoint asked to wait past this run's budget; the rest waits",
-                        sel.action_key,
-                    )
-                    break
+            results = await send_leads(
+                client,
+                hook,
+                feed,
+                concurrency=action.concurrency,
+                limiter=limiter,
+                breaker=breaker,
+                deadline=deadline,
+                recorder=recorder,
+            )
     except UnsafeTargetError as exc:  # the target stopped being allowed (e.g. allowed_networks narrowed)
-        breaker.tripped = breaker.tripped or str(exc)
+        breaker.trip(str(exc))
     finally:
-        if next_claim is not None:  # a prefetched page that will not be sent goes back
-            token, page = await next_claim
-            release(token, [lead["id"] for lead in page])
-            report.claimed += len(page)
-            report.released += len(page)
+        await recorder.drain()
+        unsent = await feed.close()
+        await asyncio.to_thread(release, unsent)
+        report.released += sum(len(ids) for ids in unsent.values())
+    report.add(results)
+    if limiter.held_past(deadline) and not breaker.tripped:
+        log.info("%s: the endpoint asked to wait past this run's budget; the rest waits", sel.action_key)
     if breaker.tripped:
         report.stopped = breaker.tripped
         set_action_status(engine, sel.action_key, breaker.status, reason=breaker.tripped)

@@ -193,22 +193,25 @@ class HttpPostOperator(BaseOperator):
         return report.as_dict()
 
     def _send_dicts(self, hook: Any, leads: list[dict[str, Any]]) -> dict[str, Any]:
-        from leadpost.dispatch import Breaker, RateLimiter, send_leads
+        from leadpost.dispatch import Breaker, Feed, RateLimiter, ShardReport, send_leads
 
-        async def run() -> tuple[list[Any], list[int]]:
+        async def run() -> tuple[list[Any], int]:
+            feed = Feed.of(leads, report=ShardReport(hook.action_key))
             async with hook.async_client(self.action.concurrency) as client:
-                return await send_leads(
+                results = await send_leads(
                     client,
                     hook,
-                    leads,
+                    feed,
                     concurrency=self.action.concurrency,
                     limiter=RateLimiter(self.action.rate_limit_per_s),
                     breaker=Breaker(),
                     deadline=float("inf"),
                 )
+            unsent = await feed.close()
+            return results, sum(len(ids) for ids in unsent.values())
 
         results, unsent = asyncio.run(run())
-        counts = {kind.value: 0 for kind in OutcomeKind} | {"unsent": len(unsent)}
+        counts = {kind.value: 0 for kind in OutcomeKind} | {"unsent": unsent}
         for _lead_id, outcome, _tries in results:
             counts[outcome.kind.value] += 1
         self.log.info("sent %d lead(s): %s", len(leads), counts)
