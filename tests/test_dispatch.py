@@ -142,7 +142,7 @@ def test_the_recorder_never_leaves_senders_idle_behind_a_part_filled_group():
 
     async def scenario() -> None:
         recorder = Recorder(
-            lambda _token, batch: written.append([r[0] for r in batch]), flush_at=4, ceiling=8, max_delay_s=60
+            lambda _token, batch: written.append([r[0] for r in batch]), flush_at=4, ceiling=8
         )
         for _ in range(8):
             await recorder.reserve()

@@ -183,26 +183,17 @@ class Recorder:
     """Writes outcomes to the ledger while leads are still being sent.
 
     Outcomes are written in groups (one transaction per claim token, in a worker thread): as
-    soon as ``flush_at`` are waiting, or ``max_delay_s`` after the first one arrived. Senders
+    soon as ``flush_at`` are waiting, or at once when a sender finds every slot taken. Senders
     wait while ``ceiling`` requests are sent but not yet recorded. That ceiling is what a crash
     can resend — dispatch sets it to ``concurrency``: the requests in flight, never a page.
     """
 
-    def __init__(
-        self,
-        write: Callable[[str, list[Result]], None],
-        *,
-        flush_at: int,
-        ceiling: int,
-        max_delay_s: float = 0.005,
-    ) -> None:
+    def __init__(self, write: Callable[[str, list[Result]], None], *, flush_at: int, ceiling: int) -> None:
         self._write = write
         self._flush_at = max(1, min(flush_at, ceiling))
-        self._max_delay_s = max_delay_s
         self._slots = asyncio.Semaphore(max(1, ceiling))
         self._buffer: list[tuple[str, Result]] = []
         self._flushing: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
 
     async def reserve(self) -> None:
         """Wait for room before sending one more request."""
@@ -219,14 +210,8 @@ class Recorder:
         self._buffer.append((token, result))
         if len(self._buffer) >= self._flush_at:
             self._start_flush(force=False)
-        elif self._timer is None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self._max_delay_s, self._start_flush, True)
 
-    def _start_flush(self, force: bool = False) -> None:
-        if self._timer is not None and (force or len(self._buffer) >= self._flush_at):
-            self._timer.cancel()
-            self._timer = None
+    def _start_flush(self, *, force: bool) -> None:
         if self._buffer and (self._flushing is None or self._flushing.done()):
             self._flushing = asyncio.ensure_future(self._flush(force=force))
 
@@ -246,9 +231,6 @@ class Recorder:
 
     async def drain(self) -> None:
         """Record everything still buffered."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if self._flushing is not None:
             await self._flushing
         await self._flush(force=True)

@@ -76,9 +76,22 @@ def claim_batch(
 def _claim_rows(
     conn: Connection, sel: Selection, candidates: list[dict[str, Any]], *, token: str, now: datetime
 ) -> set[int]:
-    # One statement shape for every page, run as an executemany: SQLAlchemy compiles it once and
-    # sends batched multi-row VALUES (insertmanyvalues), instead of compiling 500 rows per page.
-    stmt = dialect_insert(conn.dialect.name)(deliveries)
+    # INSERT … SELECT from leads: one statement per page, no per-row parameters to process.
+    columns = ["action_key", "lead_id", "lead_version", "state", "attempts", "claim_token"]
+    columns += ["claim_expires_at", "created_at", "updated_at"]
+    stamp = deliveries.c.updated_at.type
+    rows = sa.select(
+        sa.literal(sel.action_key),
+        leads.c.id,
+        leads.c.updated_at,
+        sa.literal(DeliveryState.IN_FLIGHT.value),
+        sa.literal(0),
+        sa.literal(token),
+        sa.literal(now + claim_ttl(), stamp),
+        sa.literal(now, stamp),
+        sa.literal(now, stamp),
+    ).where(leads.c.id.in_([c["id"] for c in candidates]))
+    stmt = dialect_insert(conn.dialect.name)(deliveries).from_select(columns, rows)
     stmt = stmt.on_conflict_do_update(
         index_elements=[deliveries.c.action_key, deliveries.c.lead_id],
         set_={
@@ -95,22 +108,7 @@ def _claim_rows(
             resend_on_update=sel.action.resend_on_update,
         ),
     ).returning(deliveries.c.lead_id)
-    expires = now + claim_ttl()
-    rows = [
-        {
-            "action_key": sel.action_key,
-            "lead_id": c["id"],
-            "lead_version": c["updated_at"],
-            "state": DeliveryState.IN_FLIGHT,
-            "attempts": 0,
-            "claim_token": token,
-            "claim_expires_at": expires,
-            "created_at": now,
-            "updated_at": now,
-        }
-        for c in candidates
-    ]
-    return set(conn.execute(stmt, rows).scalars())
+    return set(conn.execute(stmt).scalars())
 
 
 # --- recording --------------------------------------------------------------------------------
