@@ -114,6 +114,7 @@ class Breaker:
     tripped: str | None = None
     status: ActionStatus = ActionStatus.FAILING
     _streak: int = 0
+    _failures: int = 0  # in the window, kept as a running count (observed once per request)
     _recent: deque[bool] = field(default_factory=deque)
 
     def observe(self, outcome: Outcome) -> None:
@@ -129,12 +130,13 @@ class Breaker:
         failed = outcome.kind is OutcomeKind.TRANSIENT
         self._streak = self._streak + 1 if failed else 0
         self._recent.append(failed)
+        self._failures += failed
         if len(self._recent) > self.window:
-            self._recent.popleft()
+            self._failures -= self._recent.popleft()
         if self._streak >= self.consecutive:
             self.trip(f"{self._streak} consecutive failures, last: {outcome.error or outcome.status}")
-        elif len(self._recent) == self.window and sum(self._recent) >= self.ratio * self.window:
-            self.trip(f"{sum(self._recent)} of the last {self.window} requests failed, last: {outcome.error}")
+        elif len(self._recent) == self.window and self._failures >= self.ratio * self.window:
+            self.trip(f"{self._failures} of the last {self.window} requests failed, last: {outcome.error}")
 
     def trip(self, reason: str) -> None:
         """Stop sending (the first reason wins)."""

@@ -139,9 +139,14 @@ def _outcome_updates() -> tuple[sa.Update, sa.Update, sa.Update]:
         "updated_at": now,
         "last_status": sa.bindparam("s"),
     }
+    # Deliveries come in bulk with the same status: one UPDATE per (status, tries), ids expanded.
     delivered = (
         deliveries.update()
-        .where(mine)
+        .where(
+            d.action_key == sa.bindparam("k"),
+            d.claim_token == sa.bindparam("t"),
+            d.lead_id.in_(sa.bindparam("ids", expanding=True)),
+        )
         .values(
             state=DeliveryState.DELIVERED,
             attempts=attempts,
@@ -190,12 +195,14 @@ def record_outcomes(
     :param max_attempts: a transient failure with this many attempts in total becomes a dead letter.
     """
     now = now or utcnow()
-    delivered, failed, released = [], [], []
+    delivered: dict[tuple[int, int | None], list[int]] = {}
+    failed, released = [], []
     for lead_id, outcome, tries in results:
-        row = {"k": action_key, "i": lead_id, "t": token, "n": tries, "s": outcome.status, "now": now}
         if outcome.kind is OutcomeKind.DELIVERED:
-            delivered.append(row)
-        elif outcome.kind in (OutcomeKind.TRANSIENT, OutcomeKind.REJECTED):
+            delivered.setdefault((tries, outcome.status), []).append(lead_id)
+            continue
+        row = {"k": action_key, "i": lead_id, "t": token, "n": tries, "s": outcome.status, "now": now}
+        if outcome.kind in (OutcomeKind.TRANSIENT, OutcomeKind.REJECTED):
             dead_now = outcome.kind is OutcomeKind.REJECTED
             retry_at = None if dead_now else _retry_at(now, tries, outcome.retry_after_s)
             failed.append(
@@ -204,11 +211,10 @@ def record_outcomes(
         else:  # auth failed / gone: the action is at fault, not the lead — it waits for a re-test
             released.append(row | {"e": _short(outcome.error)})
     with engine.begin() as conn:
-        for stmt, rows in (
-            (_RECORD_DELIVERED, delivered),
-            (_RECORD_FAILED, failed),
-            (_RECORD_RELEASED, released),
-        ):
+        for (tries, status), ids in delivered.items():
+            params = {"k": action_key, "t": token, "ids": ids, "n": tries, "s": status, "now": now}
+            conn.execute(_RECORD_DELIVERED, params)
+        for stmt, rows in ((_RECORD_FAILED, failed), (_RECORD_RELEASED, released)):
             if rows:
                 conn.execute(stmt, rows)
 
