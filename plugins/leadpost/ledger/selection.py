@@ -105,7 +105,10 @@ def pending_select(
 ) -> sa.Select[Any]:
     """One SELECT: matching active leads without a blocking delivery row, keyset-paged by id."""
     d = deliveries.alias("d")
-    join = leads.outerjoin(d, sa.and_(d.c.action_key == sel.action_key, d.c.lead_id == leads.c.id))
+    # `d.lead_id > after_id` repeats the paging bound inside the join so PostgreSQL reads only
+    # that key range of the ledger, not every row of the action on every page.
+    on = sa.and_(d.c.action_key == sel.action_key, d.c.lead_id == leads.c.id, d.c.lead_id > after_id)
+    join = leads.outerjoin(d, on)
     resend = sel.action.resend_on_update
     if claimable_now:
         open_row = claimable(d, now=now, current_version=leads.c.updated_at, resend_on_update=resend)
