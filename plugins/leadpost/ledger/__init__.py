@@ -35,8 +35,6 @@ from leadpost.ledger.reports import (
 from leadpost.ledger.selection import LEAD_COLUMNS, Selection, Shard, pending_select
 from leadpost.ledger.status import ActionState, get_action_state, read_status, record_test, set_action_status
 
-_pending_select = pending_select  # older name, kept for scripts
-
 __all__ = [
     "DEFAULT_CLAIM_TTL_S",
     "LEAD_COLUMNS",
