@@ -88,9 +88,9 @@ def cmd_test(args: argparse.Namespace) -> int:
     if args.json:
         out.print_json(json.dumps(report.as_dict()))
     else:
-        colour = "green" if report.ok else "red"
-        out.print(f"[{colour}]{'PASSED' if report.ok else 'FAILED'}[/]", end=" ")
-        out.print(report.render(), markup=False)
+        first, _, rest = report.render().partition("\n")
+        out.print(first, style="bold green" if report.ok else "bold red", markup=False)
+        out.print(rest, markup=False)
     return 0 if report.ok else 1
 
 
