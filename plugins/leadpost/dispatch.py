@@ -16,6 +16,7 @@ credentials (401/403) or is gone (410): unsent leads are released, never lost.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gc
 import logging
 import math
@@ -39,7 +40,7 @@ from leadpost.ledger import (
 from leadpost.states import ActionStatus, Outcome, OutcomeKind
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
+    from sqlalchemy.engine import Connection, Engine
 
     from leadpost.hook import LeadPostHook, PreparedLeadRequest
 
@@ -190,8 +191,16 @@ class Recorder:
     can resend — dispatch sets it to ``concurrency``: the requests in flight, never a page.
     """
 
-    def __init__(self, write: Callable[[str, list[Result]], None], *, flush_at: int, ceiling: int) -> None:
+    def __init__(
+        self,
+        write: Callable[[str, list[Result]], None],
+        *,
+        flush_at: int,
+        ceiling: int,
+        executor: concurrent.futures.Executor | None = None,
+    ) -> None:
         self._write = write
+        self._executor = executor
         self._flush_at = max(1, min(flush_at, ceiling))
         self._slots = asyncio.Semaphore(max(1, ceiling))
         self._buffer: list[tuple[str, Result]] = []
@@ -220,7 +229,7 @@ class Recorder:
     async def _flush(self, *, force: bool) -> None:
         while self._buffer and (force or len(self._buffer) >= self._flush_at):
             batch, self._buffer = self._buffer, []
-            await asyncio.to_thread(self._write_batch, batch)
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._write_batch, batch)
             for _ in batch:
                 self._slots.release()
 
@@ -236,6 +245,32 @@ class Recorder:
         if self._flushing is not None:
             await self._flushing
         await self._flush(force=True)
+
+
+class LedgerThread:
+    """One thread holding one connection, for the many small outcome writes of a dispatch.
+
+    Checking a pooled connection out and back in costs more than writing a few dozen outcomes.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._conn: Connection | None = None
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="leadpost-ledger")
+
+    def connection(self) -> Connection:
+        """The held connection (call it from the executor's thread)."""
+        if self._conn is None:
+            self._conn = self._engine.connect()
+        return self._conn
+
+    def close(self) -> None:
+        def close_conn() -> None:
+            if self._conn is not None:
+                self._conn.close()
+
+        self.executor.submit(close_conn).result()
+        self.executor.shutdown()
 
 
 class Feed:
@@ -466,9 +501,15 @@ async def _dispatch(
         )
         return token, page
 
+    ledger = LedgerThread(engine)
+
     def write(token: str, results: list[Result]) -> None:
         record_outcomes(
-            engine, action_key=sel.action_key, token=token, results=results, max_attempts=action.max_attempts
+            ledger.connection(),
+            action_key=sel.action_key,
+            token=token,
+            results=results,
+            max_attempts=action.max_attempts,
         )
 
     def release(unsent: dict[str, list[int]]) -> None:
@@ -476,7 +517,12 @@ async def _dispatch(
             release_claims(engine, action_key=sel.action_key, token=token, lead_ids=ids)
 
     feed = Feed(claim, report=report)
-    recorder = Recorder(write, flush_at=max(1, action.concurrency // 2), ceiling=action.concurrency)
+    recorder = Recorder(
+        write,
+        flush_at=max(1, action.concurrency // 2),
+        ceiling=action.concurrency,
+        executor=ledger.executor,
+    )
     results: list[Result] = []
     try:
         async with hook.async_client(action.concurrency) as client:
@@ -493,7 +539,10 @@ async def _dispatch(
     except UnsafeTargetError as exc:  # the target stopped being allowed (e.g. allowed_networks narrowed)
         breaker.trip(str(exc))
     finally:
-        await recorder.drain()
+        try:
+            await recorder.drain()
+        finally:
+            ledger.close()
         unsent = await feed.close()
         await asyncio.to_thread(release, unsent)
         report.released += sum(len(ids) for ids in unsent.values())

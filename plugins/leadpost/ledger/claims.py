@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -15,7 +17,7 @@ import sqlalchemy as sa
 from leadpost.ledger.selection import Selection, Shard, claimable, pending_select
 from leadpost.states import DeliveryState, Outcome, OutcomeKind
 from leadpost.store import deliveries, leads, utcnow
-from leadpost.store.engine import dialect_insert
+from leadpost.store.engine import dialect_insert, id_in
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -65,8 +67,9 @@ def claim_batch(
             # Concurrent claimers skip each other's candidate rows instead of queueing behind them;
             # the upsert below stays the guard against double ownership.
             query = query.with_for_update(of=leads, skip_locked=True, key_share=True)
-        rows = conn.execute(query)
-        candidates = [dict(r._mapping) for r in rows]
+        result = conn.execute(query)
+        keys = list(result.keys())
+        candidates = [dict(zip(keys, row, strict=True)) for row in result.all()]
         if not candidates:
             return token, []
         claimed = _claim_rows(conn, sel, candidates, token=token, now=now)
@@ -90,7 +93,7 @@ def _claim_rows(
         sa.literal(now + claim_ttl(), stamp),
         sa.literal(now, stamp),
         sa.literal(now, stamp),
-    ).where(leads.c.id.in_([c["id"] for c in candidates]))
+    ).where(id_in(leads.c.id, "ids", conn.dialect.name))
     stmt = dialect_insert(conn.dialect.name)(deliveries).from_select(columns, rows)
     stmt = stmt.on_conflict_do_update(
         index_elements=[deliveries.c.action_key, deliveries.c.lead_id],
@@ -108,7 +111,7 @@ def _claim_rows(
             resend_on_update=sel.action.resend_on_update,
         ),
     ).returning(deliveries.c.lead_id)
-    return set(conn.execute(stmt).scalars())
+    return set(conn.execute(stmt, {"ids": [c["id"] for c in candidates]}).scalars())
 
 
 # --- recording --------------------------------------------------------------------------------
@@ -125,7 +128,8 @@ def _short(error: str | None) -> str | None:
     return None if error is None else error[:_ERROR_MAX]
 
 
-def _outcome_updates() -> tuple[sa.Update, sa.Update, sa.Update]:
+@cache
+def _outcome_updates(dialect_name: str) -> tuple[sa.Update, sa.Update, sa.Update]:
     """The three UPDATEs that record outcomes, built once: recording runs many times per page."""
     d = deliveries.c
     mine = sa.and_(
@@ -145,7 +149,7 @@ def _outcome_updates() -> tuple[sa.Update, sa.Update, sa.Update]:
         .where(
             d.action_key == sa.bindparam("k"),
             d.claim_token == sa.bindparam("t"),
-            d.lead_id.in_(sa.bindparam("ids", expanding=True)),
+            id_in(d.lead_id, "ids", dialect_name),
         )
         .values(
             state=DeliveryState.DELIVERED,
@@ -176,11 +180,19 @@ def _outcome_updates() -> tuple[sa.Update, sa.Update, sa.Update]:
     return delivered, failed, released
 
 
-_RECORD_DELIVERED, _RECORD_FAILED, _RECORD_RELEASED = _outcome_updates()
+@contextlib.contextmanager
+def _transaction(bind: Engine | Connection) -> Iterator[Connection]:
+    """A transaction on ``bind``: a fresh pooled connection for an engine, or the one given."""
+    if isinstance(bind, sa.Connection):
+        with bind.begin():
+            yield bind
+    else:
+        with bind.begin() as conn:
+            yield conn
 
 
 def record_outcomes(
-    engine: Engine,
+    bind: Engine | Connection,
     *,
     action_key: str,
     token: str,
@@ -190,6 +202,9 @@ def record_outcomes(
 ) -> None:
     """Record outcomes in one transaction.
 
+    :param bind: the engine, or a connection the caller keeps open across many calls (dispatch
+        records every few dozen requests; checking a connection out each time costs more than
+        the write).
     :param results: ``(lead_id, outcome, tries)`` per lead; ``tries`` is how many requests this
         run made for it (in-run retries included).
     :param max_attempts: a transient failure with this many attempts in total becomes a dead letter.
@@ -210,11 +225,12 @@ def record_outcomes(
             )
         else:  # auth failed / gone: the action is at fault, not the lead — it waits for a re-test
             released.append(row | {"e": _short(outcome.error)})
-    with engine.begin() as conn:
+    with _transaction(bind) as conn:
+        record_delivered, record_failed, record_released = _outcome_updates(conn.dialect.name)
         for (tries, status), ids in delivered.items():
             params = {"k": action_key, "t": token, "ids": ids, "n": tries, "s": status, "now": now}
-            conn.execute(_RECORD_DELIVERED, params)
-        for stmt, rows in ((_RECORD_FAILED, failed), (_RECORD_RELEASED, released)):
+            conn.execute(record_delivered, params)
+        for stmt, rows in ((record_failed, failed), (record_released, released)):
             if rows:
                 conn.execute(stmt, rows)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ __all__ = [
     "default_sqlite_path",
     "dialect_insert",
     "get_engine",
+    "id_in",
     "init_db",
     "store_url",
     "utcnow",
@@ -114,3 +116,32 @@ def init_db(engine: Engine | None = None) -> Engine:
 def dialect_insert(dialect_name: str) -> Any:
     """``insert()`` with ``on_conflict_do_update`` for the store's two backends."""
     return postgresql.insert if dialect_name == "postgresql" else sqlite.insert
+
+
+class _IdArray(sa.types.TypeDecorator[list[int]]):
+    """A list of ids bound as one parameter: an integer array on PostgreSQL, JSON text on SQLite."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> Any:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.ARRAY(sa.Integer))
+        return dialect.type_descriptor(sa.Text())
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> Any:
+        ids = [int(i) for i in value]
+        return ids if dialect.name == "postgresql" else json.dumps(ids)
+
+
+def id_in(column: sa.ColumnElement[Any], name: str, dialect_name: str) -> sa.ColumnElement[bool]:
+    """``column`` is one of the ids bound later as parameter ``name`` (a list).
+
+    One parameter however many ids: the statement compiles once and is cached, where an expanded
+    ``IN (…)`` is rewritten for every list length (that rewrite cost more than the write itself).
+    """
+    ids = sa.bindparam(name, type_=_IdArray())
+    if dialect_name == "postgresql":
+        return column == sa.any_(ids)
+    each = sa.func.json_each(ids).table_valued("value")
+    return column.in_(sa.select(each.c.value))
