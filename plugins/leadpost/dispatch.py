@@ -31,6 +31,7 @@ from leadpost.exceptions import UnsafeTargetError
 from leadpost.ledger import (
     Selection,
     Shard,
+    ShardWalk,
     claim_batch,
     read_status,
     record_outcomes,
@@ -481,6 +482,8 @@ async def _dispatch(
     limiter = RateLimiter(action.rate_limit_per_s / shard.count if action.rate_limit_per_s else None)
     breaker = Breaker(consecutive=max(25, 2 * action.concurrency))
     remaining = max_leads if max_leads is not None else math.inf
+    # Explicit lead ids need no walk; otherwise start above what earlier runs already went through.
+    walk = None if lead_ids is not None else await asyncio.to_thread(ShardWalk, engine, sel, shard)
 
     def claim(after_id: int) -> tuple[str, list[dict[str, Any]]]:
         nonlocal remaining
@@ -489,7 +492,12 @@ async def _dispatch(
         limit = int(min(action.batch_size, remaining))
         if limit <= 0:
             return "", []
-        token, page = claim_batch(engine, sel, shard=shard, after_id=after_id, limit=limit, lead_ids=lead_ids)
+        if walk is not None:
+            token, page = walk.claim(after_id, limit=limit)
+        else:
+            token, page = claim_batch(
+                engine, sel, shard=shard, after_id=after_id, limit=limit, lead_ids=lead_ids
+            )
         remaining -= len(page)
         log.info(
             "%s shard %d/%d: claimed %d lead(s) after id %d",
@@ -546,6 +554,8 @@ async def _dispatch(
         unsent = await feed.close()
         await asyncio.to_thread(release, unsent)
         report.released += sum(len(ids) for ids in unsent.values())
+    if walk is not None:
+        await asyncio.to_thread(walk.finish)
     report.add(results)
     if limiter.held_past(deadline) and not breaker.tripped:
         log.info("%s: the endpoint asked to wait past this run's budget; the rest waits", sel.action_key)

@@ -24,6 +24,7 @@ from leadpost.ledger.claims import (
     record_outcomes,
     release_claims,
 )
+from leadpost.ledger.floors import ShardWalk
 from leadpost.ledger.reports import (
     Counts,
     DeadLetter,
@@ -32,7 +33,7 @@ from leadpost.ledger.reports import (
     list_recent_attempts,
     replay_dead_letters,
 )
-from leadpost.ledger.selection import LEAD_COLUMNS, Selection, Shard, pending_select
+from leadpost.ledger.selection import LEAD_COLUMNS, Floor, Selection, Shard, pending_select
 from leadpost.ledger.status import ActionState, get_action_state, read_status, record_test, set_action_status
 
 __all__ = [
@@ -41,8 +42,10 @@ __all__ = [
     "ActionState",
     "Counts",
     "DeadLetter",
+    "Floor",
     "Selection",
     "Shard",
+    "ShardWalk",
     "claim_batch",
     "claim_ttl",
     "count_deliveries",

@@ -1,5 +1,5 @@
 """What an action is after: Selection (trigger filters for one day), Shard, and the one SELECT
-that finds its pending leads, keyset-paged by id."""
+that finds its pending leads, keyset-paged by id (optionally only below a scan Floor)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from leadpost.config import ActionConfig, TriggerConfig
 
-__all__ = ["LEAD_COLUMNS", "Selection", "Shard", "claimable", "pending_select"]
+__all__ = ["LEAD_COLUMNS", "Floor", "Selection", "Shard", "claimable", "pending_select"]
 
 LEAD_COLUMNS = (
     leads.c.id,
@@ -50,6 +50,18 @@ class Shard:
     @classmethod
     def from_xcom(cls, data: dict[str, Any]) -> Shard:
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class Floor:
+    """Every lead with ``id <= lead_id`` that matched had a delivery row as of ``since``.
+
+    Below it only two kinds of lead can be pending: leads that changed after ``since`` and leads
+    whose delivery row can be claimed again (released, due for a retry, expired claim, replayed).
+    """
+
+    lead_id: int
+    since: datetime
 
 
 @dataclass(frozen=True)
@@ -102,13 +114,22 @@ def pending_select(
     limit: int | None,
     claimable_now: bool = True,
     lead_ids: Sequence[int] | None = None,
+    below: Floor | None = None,
 ) -> sa.Select[Any]:
-    """One SELECT: matching active leads without a blocking delivery row, keyset-paged by id."""
+    """One SELECT: matching active leads without a blocking delivery row, keyset-paged by id.
+
+    :param below: look only at ids up to this floor, and there only at leads that changed since
+        it was set or have a reopened delivery row: two index range scans instead of the history.
+    """
     d = deliveries.alias("d")
     # `d.lead_id > after_id` repeats the paging bound inside the join so PostgreSQL reads only
     # that key range of the ledger, not every row of the action on every page.
     on = sa.and_(d.c.action_key == sel.action_key, d.c.lead_id == leads.c.id, d.c.lead_id > after_id)
-    join = leads.outerjoin(d, on)
+    source: Any = leads
+    if below is not None:
+        maybe = _changed_or_reopened(sel.action_key, below, after_id).subquery("maybe")
+        source = maybe.join(leads, leads.c.id == maybe.c.id)
+    join = source.outerjoin(d, on)
     resend = sel.action.resend_on_update
     if claimable_now:
         open_row = claimable(d, now=now, current_version=leads.c.updated_at, resend_on_update=resend)
@@ -125,3 +146,18 @@ def pending_select(
     if lead_ids is not None:
         query = query.where(leads.c.id.in_(lead_ids))
     return query.limit(limit) if limit is not None else query
+
+
+def _changed_or_reopened(action_key: str, below: Floor, after_id: int) -> sa.CompoundSelect[Any]:
+    """Ids in ``(after_id, below.lead_id]`` that may be pending again: changed leads, reopened rows."""
+    changed = sa.select(leads.c.id).where(
+        leads.c.updated_at > below.since, leads.c.id > after_id, leads.c.id <= below.lead_id
+    )
+    d = deliveries.alias("reopened")
+    reopened = sa.select(d.c.lead_id).where(
+        d.c.action_key == action_key,
+        d.c.state.in_([DeliveryState.PENDING, DeliveryState.RETRYING, DeliveryState.IN_FLIGHT]),
+        d.c.lead_id > after_id,
+        d.c.lead_id <= below.lead_id,
+    )
+    return sa.union(changed, reopened)

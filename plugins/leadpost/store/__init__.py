@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from leadpost.store.engine import STORE_CONN_ID, get_engine, init_db, store_url, utcnow
-from leadpost.store.schema import actions, deliveries, lead_tags, leads, metadata
+from leadpost.store.schema import actions, deliveries, lead_tags, leads, metadata, scan_floors
 
 __all__ = [
     "STORE_CONN_ID",
@@ -14,6 +14,7 @@ __all__ = [
     "lead_tags",
     "leads",
     "metadata",
+    "scan_floors",
     "store_url",
     "utcnow",
 ]

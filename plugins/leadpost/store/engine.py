@@ -110,6 +110,10 @@ def init_db(engine: Engine | None = None) -> Engine:
     if engine.url.get_backend_name() == "sqlite" and engine.url.database:
         Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
     metadata.create_all(engine, checkfirst=True)
+    # create_all skips the indexes of tables that already exist: add the ones a newer version brought
+    for table in metadata.sorted_tables:
+        for index in table.indexes:
+            index.create(engine, checkfirst=True)
     return engine
 
 

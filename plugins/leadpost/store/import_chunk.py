@@ -22,7 +22,7 @@ from leadpost.exceptions import ImportRowError
 from leadpost.store.engine import utcnow
 from leadpost.store.import_file import LEAD_COLUMNS
 from leadpost.store.import_row import ParsedRow, show_value
-from leadpost.store.schema import lead_tags, leads
+from leadpost.store.schema import SCAN_CLOCK_MARGIN, lead_tags, leads, scan_floors
 
 __all__ = ["ImportCounts", "write_chunk"]
 
@@ -87,6 +87,7 @@ def write_chunk(
             _sync_id_sequence(conn)  # explicit ids do not advance the serial sequence
         _upsert(conn, [{k: v for k, v in p.items() if k != "id"} for p in by_email], conflict=leads.c.email)
         _replace_tags(conn, write_tags)
+        _lower_scan_floors(conn, by_id)
 
 
 def _batches(items: list[Any], size: int = _IN_BATCH) -> Iterable[list[Any]]:
@@ -227,6 +228,17 @@ def _upsert(conn: Connection, params: list[dict[str, Any]], *, conflict: sa.Colu
         keep = (conflict.name, "id")  # the matched key is never rewritten
         update = {c: stmt.excluded[c] for c in LEAD_COLUMNS if c in given and c not in keep}
         conn.execute(stmt.on_conflict_do_update(index_elements=[conflict], set_=update), group)
+
+
+def _lower_scan_floors(conn: Connection, written: list[dict[str, Any]]) -> None:
+    """Walks look below their floor only at leads whose updated_at is newer than the floor: a lead
+    written with an older given updated_at must move the floors under it (leadpost.ledger.floors)."""
+    cutoff = utcnow() - SCAN_CLOCK_MARGIN
+    back_dated = [p["id"] for p in written if p["updated_at"] <= cutoff]
+    if back_dated:
+        lowest = min(back_dated)
+        stmt = scan_floors.update().where(scan_floors.c.floor_id >= lowest).values(floor_id=lowest - 1)
+        conn.execute(stmt)
 
 
 def _sync_id_sequence(conn: Connection) -> None:

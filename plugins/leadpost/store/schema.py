@@ -6,18 +6,20 @@ contract (SPEC "The lead store"); ``leadpost_*`` tables are leadpost's own bookk
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
 __all__ = [
+    "SCAN_CLOCK_MARGIN",
     "UtcDateTime",
     "actions",
     "deliveries",
     "lead_tags",
     "leads",
     "metadata",
+    "scan_floors",
 ]
 
 metadata = sa.MetaData()
@@ -68,6 +70,8 @@ leads = sa.Table(
 )
 sa.Index("ix_leads_email", leads.c.email, unique=True)
 sa.Index("ix_leads_captured_at", leads.c.captured_at)
+# Below a scan floor, walks look only at leads that changed since (see leadpost.ledger.floors).
+sa.Index("ix_leads_updated_at", leads.c.updated_at)
 
 lead_tags = sa.Table(
     "lead_tags",
@@ -114,3 +118,22 @@ deliveries = sa.Table(
 )
 sa.Index("ix_deliveries_action_state", deliveries.c.action_key, deliveries.c.state)
 sa.Index("ix_deliveries_action_updated", deliveries.c.action_key, deliveries.c.updated_at)
+
+# Lead writes are stamped (updated_at) a moment before they commit, and clocks differ a little: a
+# floor's `since` is set this long before its walk began.
+SCAN_CLOCK_MARGIN = timedelta(minutes=5)
+
+# Per (action, shard layout, shard): where the next walk for pending leads starts. Every lead at or
+# below floor_id that matched the filters had a delivery row as of `since`; see leadpost.ledger.floors.
+scan_floors = sa.Table(
+    "leadpost_scan_floors",
+    metadata,
+    sa.Column("action_key", sa.Text, primary_key=True),
+    sa.Column("shard_count", sa.Integer, primary_key=True),
+    sa.Column("shard_index", sa.Integer, primary_key=True),
+    sa.Column("basis", sa.Text, nullable=False),  # fingerprint of what the floor depends on
+    sa.Column("floor_id", sa.Integer, nullable=False),
+    sa.Column("since", UtcDateTime(), nullable=False),
+    sa.Column("full_walk_at", UtcDateTime(), nullable=False),  # the last walk that started at id 0
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+)
