@@ -43,7 +43,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -205,6 +205,11 @@ def _activate(engine: Any, sel: Any) -> None:
 # --- loading stores fast -----------------------------------------------------------------------
 
 
+def _loaded_at() -> datetime:
+    """``updated_at`` of every loaded lead: a store filled yesterday, as a scheduled run finds it."""
+    return datetime.now(UTC) - timedelta(days=1)
+
+
 def _sqlite_ts(iso: str) -> str:
     # SQLAlchemy's SQLite DATETIME text, naive UTC: what UtcDateTime stores there.
     return f"{iso[:10]} {iso[11:19]}.{iso[20:26] or '000000'}"
@@ -223,7 +228,7 @@ def load_sqlite(db_path: Path, csv_path: Path, n: int) -> None:
     init_db(get_engine(f"sqlite:///{db_path}")).dispose()
     con = sqlite3.connect(db_path, isolation_level=None)
     con.execute("PRAGMA synchronous=OFF")  # a scratch store: durability does not matter while loading
-    now = _sqlite_ts(datetime.now(UTC).isoformat())
+    now = _sqlite_ts(_loaded_at().isoformat())
     insert = f"INSERT INTO leads ({','.join(LEAD_COLUMNS)}) VALUES ({','.join('?' * len(LEAD_COLUMNS))})"
     rows: list[tuple[Any, ...]] = []
     tags: list[tuple[Any, str]] = []
@@ -250,7 +255,7 @@ def load_postgres(url: str, csv_path: Path, n: int) -> None:
     from leadpost.store import get_engine, init_db
 
     engine = init_db(get_engine(url))
-    now = datetime.now(UTC).isoformat()
+    now = _loaded_at().isoformat()
     raw = engine.raw_connection()
     try:
         cur = raw.cursor()
@@ -382,7 +387,15 @@ def worker_select(url: str) -> dict[str, Any]:
     the first page of a later run once every earlier matching lead was delivered."""
     import sqlalchemy as sa
 
-    from leadpost.ledger import claim_batch, count_deliveries, pending_select
+    from leadpost.ledger import (
+        Shard,
+        ShardWalk,
+        claim_batch,
+        count_deliveries,
+        pending_select,
+        record_outcomes,
+    )
+    from leadpost.states import Outcome, OutcomeKind
     from leadpost.store import deliveries, get_engine, leads, utcnow
 
     engine = get_engine(url)
@@ -428,15 +441,47 @@ def worker_select(url: str) -> dict[str, Any]:
             conn.exec_driver_sql("ANALYZE leadpost_deliveries")  # autovacuum's job after a bulk insert
     select_ms, rows = _each_ms(lambda: select(steady, 0))
     count_ms, counts = _each_ms(lambda: count_deliveries(engine, steady), reps=1)
-    claim_ms, claimed = _each_ms(lambda: claim(steady, 0), reps=1)
+    shard = Shard(steady.action_key)
+
+    def first_page() -> tuple[ShardWalk, str, list[dict[str, Any]]]:
+        walk = ShardWalk(engine, steady, shard)
+        return walk, *walk.claim(0, limit=PAGE)
+
+    # The daily walk from id 0 (also the first run after the filters change): through the history once.
+    full_ms, [(walk, token, page)] = _each_ms(first_page, reps=1)
+    full_claimed = len(page)
+    while page:
+        ok = [(lead["id"], Outcome(OutcomeKind.DELIVERED, 200), 1) for lead in page]
+        record_outcomes(engine, action_key=steady.action_key, token=token, results=ok, max_attempts=8)
+        token, page = walk.claim(page[-1]["id"], limit=PAGE)
+    walk.finish()
+    # Before the next scheduled run: PAGE new leads arrive and 100 delivered ones change.
+    new_cols = [c for c in leads.c if c.name not in ("id", "email", "updated_at")]
+    with engine.begin() as conn:
+        copy = sa.select(
+            leads.c.id + max_id,
+            sa.literal("new.") + leads.c.email,
+            *new_cols,
+            sa.literal(now, d.created_at.type),
+        )
+        conn.execute(
+            leads.insert().from_select(
+                ["id", "email", *[c.name for c in new_cols], "updated_at"], copy.where(leads.c.id <= PAGE)
+            )
+        )
+        conn.execute(leads.update().where(leads.c.id % (max_id // 100) == 0).values(updated_at=now))
+    later_ms, [(later, _, claimed)] = _each_ms(first_page, reps=1)
     out["steady"] = {
         "delivered": done.rowcount,
         "select_ms": select_ms,
         "rows": rows[0],
-        "claim_ms": claim_ms,
-        "claimed": claimed,
         "count_ms": count_ms,
         "pending": counts[0].pending,
+        "full_walk_ms": full_ms,
+        "full_walk_claimed": full_claimed,
+        "later_ms": later_ms,
+        "later_claimed": len(claimed),
+        "later_floor": later.floor.lead_id if later.floor else None,
     }
     return out
 
@@ -937,8 +982,7 @@ def _targets_section(bench: Bench) -> Section:
         for what, ms in (
             ("pending_select, worst of start/middle/end", max(p["select_ms"] for p in pages)),
             ("claim_batch, worst of start/middle/end", max(p["claim_ms"] for p in pages)),
-            ("first page of a later run, pending_select", s["steady"]["select_ms"]),
-            ("first page of a later run, claim_batch", s["steady"]["claim_ms"]),
+            ("first page of a later run (above its scan floor), claimed", s["steady"]["later_ms"]),
         ):
             check = f"{s['backend']} {_num(big)} leads: {what}"
             rows.append(
@@ -968,9 +1012,11 @@ def _select_section(bench: Bench) -> Section:
                 [*where, query, f"{p['select_ms']:.1f}", str(p["rows"]), f"{p['claim_ms']:.1f}", claimed]
             )
         st = s["steady"]
-        query = f"later run, {_num(st['delivered'])} delivered: first page"
-        claim = [f"{st['claim_ms']:.1f}", str(st["claimed"][0])]
+        query = f"{_num(st['delivered'])} delivered, daily walk from id 0: first page"
+        claim = [f"{st['full_walk_ms']:.1f}", str(st["full_walk_claimed"])]
         rows.append([*where, query, f"{st['select_ms']:.1f}", str(st["rows"]), *claim])
+        query = f"later run, scan floor at id {_num(st['later_floor'])}: first page"
+        rows.append([*where, query, "-", "-", f"{st['later_ms']:.1f}", str(st["later_claimed"])])
         rows.append([*where, "count_deliveries of that action (summary task, `leadpost status`)",
                      f"{st['count_ms']:.1f}", f"pending {st['pending']}", "-", "-"])  # fmt: skip
     return Section(
@@ -982,9 +1028,13 @@ def _select_section(bench: Bench) -> Section:
             "SELECT + INSERT ... ON CONFLICT DO UPDATE ... RETURNING in one transaction, the work of "
             "claiming a page (median of 3 consecutive claims after the same id; 'claimed' per claim). "
             "start / middle / end = after_id 0, max/2, max-2000.",
-            "later run = every matching lead up to max-500 has a delivered ledger row (INSERT ... SELECT; "
-            "PostgreSQL then ANALYZEd, as autovacuum would) and the page starts from id 0, as each "
-            "scheduled run's first page does.",
+            "daily walk = every matching lead up to max-500 has a delivered ledger row (INSERT ... SELECT; "
+            "PostgreSQL then ANALYZEd, as autovacuum would) and the walk starts from id 0, as it does once "
+            "a day and after a filter change; that walk then claims and records the rest and sets the "
+            "shard's scan floor.",
+            f"later run = the next scheduled run after {PAGE} new leads arrived and 100 delivered ones "
+            "changed: the walk opens (max id, floor, changed-lead count), looks below the floor at changed "
+            "leads and reopened rows, then claims the first page above it (ms include all of that).",
         ],
     )
 

@@ -126,9 +126,13 @@ def pending_select(
     # that key range of the ledger, not every row of the action on every page.
     on = sa.and_(d.c.action_key == sel.action_key, d.c.lead_id == leads.c.id, d.c.lead_id > after_id)
     source: Any = leads
+    paged_id: Any = leads.c.id
     if below is not None:
+        # The few candidate ids drive the join; bounding them (not leads.id) keeps every planner
+        # from walking the leads' primary key over the whole range instead.
         maybe = _changed_or_reopened(sel.action_key, below, after_id).subquery("maybe")
         source = maybe.join(leads, leads.c.id == maybe.c.id)
+        paged_id = maybe.c.id
     join = source.outerjoin(d, on)
     resend = sel.action.resend_on_update
     if claimable_now:
@@ -138,9 +142,11 @@ def pending_select(
     query = (
         sa.select(*LEAD_COLUMNS)
         .select_from(join)
-        .where(*sel.conditions(dialect_name), leads.c.id > after_id, sa.or_(d.c.lead_id.is_(None), open_row))
+        .where(*sel.conditions(dialect_name), paged_id > after_id, sa.or_(d.c.lead_id.is_(None), open_row))
         .order_by(leads.c.id)
     )
+    if below is not None:
+        query = query.where(paged_id <= below.lead_id)
     if shard is not None and shard.count > 1:
         query = query.where(leads.c.id % shard.count == shard.index)
     if lead_ids is not None:
@@ -149,10 +155,13 @@ def pending_select(
 
 
 def _changed_or_reopened(action_key: str, below: Floor, after_id: int) -> sa.CompoundSelect[Any]:
-    """Ids in ``(after_id, below.lead_id]`` that may be pending again: changed leads, reopened rows."""
-    changed = sa.select(leads.c.id).where(
-        leads.c.updated_at > below.since, leads.c.id > after_id, leads.c.id <= below.lead_id
-    )
+    """Ids that may be pending again below the floor: changed leads, reopened delivery rows.
+
+    The changed leads are found by ``updated_at`` alone, so every database reads them from that
+    index (an id range here would tempt SQLite into walking the primary key instead); the caller
+    bounds the ids.
+    """
+    changed = sa.select(leads.c.id).where(leads.c.updated_at > below.since)
     d = deliveries.alias("reopened")
     reopened = sa.select(d.c.lead_id).where(
         d.c.action_key == action_key,

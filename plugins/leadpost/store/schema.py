@@ -116,7 +116,8 @@ deliveries = sa.Table(
     sa.Column("updated_at", UtcDateTime(), nullable=False),
     sa.Column("delivered_at", UtcDateTime()),
 )
-sa.Index("ix_deliveries_action_state", deliveries.c.action_key, deliveries.c.state)
+# Counts per state, and a walk's look at reopened rows below its floor (lead id ranges per state).
+sa.Index("ix_deliveries_action_state_lead", deliveries.c.action_key, deliveries.c.state, deliveries.c.lead_id)
 sa.Index("ix_deliveries_action_updated", deliveries.c.action_key, deliveries.c.updated_at)
 
 # Lead writes are stamped (updated_at) a moment before they commit, and clocks differ a little: a
