@@ -10,9 +10,16 @@ import sqlalchemy as sa
 
 from leadpost.activation import run_test
 from leadpost.dispatch import dispatch_shard
-from leadpost.ledger import Selection, Shard, ShardWalk, record_outcomes, replay_dead_letters
+from leadpost.ledger import (
+    Selection,
+    Shard,
+    ShardWalk,
+    count_deliveries,
+    record_outcomes,
+    replay_dead_letters,
+)
 from leadpost.ledger import floors as floors_module
-from leadpost.ledger.floors import floor_basis
+from leadpost.ledger.floors import action_floor, floor_basis
 from leadpost.states import Outcome, OutcomeKind
 from leadpost.store import lead_tags, leads, scan_floors, utcnow
 from leadpost.store.importer import import_leads
@@ -60,6 +67,9 @@ def test_a_later_run_starts_at_the_floor_and_finds_new_and_changed_leads(store, 
         conn.execute(leads.update().where(leads.c.id == 45).values(updated_at=utcnow()))
     walk = ShardWalk(store, active, Shard(active.action_key))
     assert walk.floor is not None and walk.floor.lead_id == 50
+    with store.connect() as conn:
+        assert action_floor(conn, active) == walk.floor
+    assert count_deliveries(store, active).pending == 6  # counted below and above the floor
     assert _run(store, active, receiver) == [45, 51, 52, 53, 54, 55]
     assert _run(store, active, receiver) == []
     assert _floor(store, active)["floor_id"] == 55
@@ -103,6 +113,7 @@ def test_reopened_delivery_rows_below_the_floor_are_claimed_again(store):
     walk.finish()
 
     assert replay_dead_letters(store, sel.action_key) == 2
+    assert count_deliveries(store, sel).pending == 2
     later = ShardWalk(store, sel, shard)
     assert later.floor is not None and later.floor.lead_id == 30
     assert [x["id"] for x in later.claim(0, limit=100)[1]] == [4, 9]
@@ -154,3 +165,24 @@ def test_birthday_floors_last_one_day_and_other_floors_do_not_depend_on_the_day(
     tomorrow = T0.date() + timedelta(days=1)
     assert floor_basis(birthday) != floor_basis(Selection(birthday.trigger, birthday.action, tomorrow))
     assert floor_basis(plain) == floor_basis(Selection(plain.trigger, plain.action, tomorrow))
+
+
+def test_counts_use_a_floor_only_when_every_shard_has_one(store):
+    add_leads(store, 40)
+    sel = selection("https://x.com/p")
+    walks = [ShardWalk(store, sel, Shard(sel.action_key, i, 2)) for i in range(2)]
+    for walk in walks:
+        walk.claim(0, limit=5)  # 5 leads of each shard claimed, the rest still pending
+    walks[0].finish()
+    with store.connect() as conn:
+        assert action_floor(conn, sel) is None  # shard 2/2 has not walked yet
+    walks[1].finish()
+    with store.connect() as conn:
+        assert action_floor(conn, sel).lead_id == 9  # shard 1/2 walked through 10, shard 2/2 through 9
+    assert count_deliveries(store, sel).as_dict() == {
+        "pending": 30,
+        "in_flight": 10,
+        "delivered": 0,
+        "retrying": 0,
+        "dead": 0,
+    }

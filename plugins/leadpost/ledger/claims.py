@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from leadpost.ledger.selection import Floor, Selection, Shard, claimable, pending_select
+from leadpost.ledger.selection import Selection, Shard, claimable, pending_select
 from leadpost.states import DeliveryState, Outcome, OutcomeKind
 from leadpost.store import deliveries, leads, utcnow
 from leadpost.store.engine import dialect_insert, id_in
@@ -50,12 +50,10 @@ def claim_batch(
     token: str | None = None,
     now: datetime | None = None,
     lead_ids: Sequence[int] | None = None,
-    below: Floor | None = None,
 ) -> tuple[str, list[dict[str, Any]]]:
     """Claim the next page of pending leads of ``shard`` with ids above ``after_id``.
 
-    :param lead_ids: only these leads (for operators given explicit ids).
-    :param below: only leads up to this scan floor that may be pending again (see ``floors``).
+    :param lead_ids: only these leads (operators given explicit ids; a walk's catch-up below its floor).
     :return: the claim token and the claimed leads (id, fields, ``updated_at``), ordered by id.
     """
     now = now or utcnow()
@@ -70,7 +68,6 @@ def claim_batch(
             after_id=after_id,
             limit=limit,
             lead_ids=lead_ids,
-            below=below,
         )
         if dialect == "postgresql":
             # Concurrent claimers skip each other's candidate rows instead of queueing behind them;

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from leadpost.ledger.claims import claim_batch
-from leadpost.ledger.selection import Floor, Selection, Shard
+from leadpost.ledger.selection import Floor, Selection, Shard, catch_up_ids
 from leadpost.store import leads, scan_floors, utcnow
 from leadpost.store.engine import dialect_insert
 from leadpost.store.schema import SCAN_CLOCK_MARGIN as CLOCK_MARGIN
@@ -34,7 +34,7 @@ from leadpost.store.schema import SCAN_CLOCK_MARGIN as CLOCK_MARGIN
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-__all__ = ["CATCH_UP_MAX", "CLOCK_MARGIN", "FULL_WALK_EVERY", "ShardWalk", "floor_basis"]
+__all__ = ["CATCH_UP_MAX", "CLOCK_MARGIN", "FULL_WALK_EVERY", "ShardWalk", "action_floor", "floor_basis"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,27 @@ def floor_basis(sel: Selection) -> str:
     if trigger.filters.birthday_today:
         basis["day"] = sel.today.isoformat()
     return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()
+
+
+def action_floor(conn: sa.Connection, sel: Selection, *, now: datetime | None = None) -> Floor | None:
+    """A floor that holds for every lead of the action (for counting): the lowest floor of one
+    complete set of shard floors, or ``None`` when no complete, current set exists."""
+    now = now or utcnow()
+    c = scan_floors.c
+    rows = conn.execute(
+        sa.select(c.shard_count, c.floor_id, c.since, c.full_walk_at).where(
+            c.action_key == sel.action_key, c.basis == floor_basis(sel)
+        )
+    ).all()
+    best: Floor | None = None
+    for count in {row.shard_count for row in rows}:
+        layout = [row for row in rows if row.shard_count == count]
+        if len(layout) != count or any(now - row.full_walk_at >= FULL_WALK_EVERY for row in layout):
+            continue
+        floor = Floor(min(row.floor_id for row in layout), min(row.since for row in layout))
+        if best is None or floor.lead_id > best.lead_id:
+            best = floor
+    return best
 
 
 @dataclass
@@ -116,13 +137,18 @@ class ShardWalk:
 
     def claim(self, after_id: int, *, limit: int) -> tuple[str, list[dict[str, Any]]]:
         """Claim the next page after ``after_id`` (the last id of the previous page, 0 at first)."""
-        if self.catching_up:
+        while self.catching_up:
+            assert self.floor is not None
+            ids = self._candidates(after_id, limit)
+            if not ids:
+                self.catching_up = False
+                break
             token, page = claim_batch(
-                self.engine, self.sel, shard=self.shard, after_id=after_id, limit=limit, below=self.floor
+                self.engine, self.sel, shard=self.shard, after_id=after_id, limit=limit, lead_ids=ids
             )
             if page:
                 return token, page
-            self.catching_up = False
+            after_id = ids[-1]  # none of these was pending: look at the next ones
         after_id = max(after_id, self.reached)
         token, page = claim_batch(self.engine, self.sel, shard=self.shard, after_id=after_id, limit=limit)
         if page:
@@ -130,6 +156,12 @@ class ShardWalk:
         else:
             self.exhausted = True
         return token, page
+
+    def _candidates(self, after_id: int, limit: int) -> list[int]:
+        assert self.floor is not None
+        query = catch_up_ids(self.sel, self.floor, shard=self.shard, after_id=after_id, limit=limit)
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).scalars())
 
     def finish(self) -> None:
         """Store how far this walk got (nothing when it stopped before the catch-up was done)."""

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from leadpost.ledger.selection import Selection, pending_select
+from leadpost.ledger.floors import action_floor
+from leadpost.ledger.selection import Selection, catch_up_ids, pending_select
 from leadpost.states import DeliveryState
 from leadpost.store import deliveries, utcnow
 
@@ -40,19 +41,37 @@ class Counts:
 
 
 def count_deliveries(engine: Engine, sel: Selection, *, now: datetime | None = None) -> Counts:
-    """Counts per state for one action (two queries: ledger states, and pending leads)."""
+    """Counts per state for one action: ledger states, and pending leads (counted below and
+    above the action's scan floor when its shards have one, so the count costs what is new)."""
     now = now or utcnow()
     d = deliveries.c
+    dialect = engine.dialect.name
     with engine.connect() as conn:
         by_state = dict(
             conn.execute(
                 sa.select(d.state, sa.func.count()).where(d.action_key == sel.action_key).group_by(d.state)
             ).all()
         )
-        pending_q = pending_select(
-            sel, engine.dialect.name, now=now, shard=None, after_id=0, limit=None, claimable_now=False
-        )
-        pending = conn.execute(sa.select(sa.func.count()).select_from(pending_q.subquery())).scalar_one()
+        floor = action_floor(conn, sel, now=now)
+        parts: list[tuple[int, list[int] | None]] = [(0, None)]  # (after id, only these ids)
+        if floor is not None:
+            below = conn.execute(catch_up_ids(sel, floor, shard=None, after_id=0, limit=None)).scalars()
+            parts = [(0, list(below)), (floor.lead_id, None)]
+        pending = 0
+        for after_id, lead_ids in parts:
+            if lead_ids == []:
+                continue
+            query = pending_select(
+                sel,
+                dialect,
+                now=now,
+                shard=None,
+                after_id=after_id,
+                limit=None,
+                claimable_now=False,
+                lead_ids=lead_ids,
+            )
+            pending += conn.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one()
     return Counts(
         pending=pending,
         in_flight=by_state.get(DeliveryState.IN_FLIGHT, 0),

@@ -1,5 +1,5 @@
-"""What an action is after: Selection (trigger filters for one day), Shard, and the one SELECT
-that finds its pending leads, keyset-paged by id (optionally only below a scan Floor)."""
+"""What an action is after: Selection (trigger filters for one day), Shard, the one SELECT that
+finds its pending leads, keyset-paged by id, and the ids worth a look below a scan Floor."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ import sqlalchemy as sa
 from leadpost.filters import compile_filters
 from leadpost.states import DeliveryState
 from leadpost.store import deliveries, leads
+from leadpost.store.engine import id_in
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from leadpost.config import ActionConfig, TriggerConfig
 
-__all__ = ["LEAD_COLUMNS", "Floor", "Selection", "Shard", "claimable", "pending_select"]
+__all__ = ["LEAD_COLUMNS", "Floor", "Selection", "Shard", "catch_up_ids", "claimable", "pending_select"]
 
 LEAD_COLUMNS = (
     leads.c.id,
@@ -114,26 +115,15 @@ def pending_select(
     limit: int | None,
     claimable_now: bool = True,
     lead_ids: Sequence[int] | None = None,
-    below: Floor | None = None,
 ) -> sa.Select[Any]:
     """One SELECT: matching active leads without a blocking delivery row, keyset-paged by id.
 
-    :param below: look only at ids up to this floor, and there only at leads that changed since
-        it was set or have a reopened delivery row: two index range scans instead of the history.
+    :param lead_ids: only these leads (bound as one array parameter, looked up by primary key).
     """
     d = deliveries.alias("d")
     # `d.lead_id > after_id` repeats the paging bound inside the join so PostgreSQL reads only
     # that key range of the ledger, not every row of the action on every page.
     on = sa.and_(d.c.action_key == sel.action_key, d.c.lead_id == leads.c.id, d.c.lead_id > after_id)
-    source: Any = leads
-    paged_id: Any = leads.c.id
-    if below is not None:
-        # The few candidate ids drive the join; bounding them (not leads.id) keeps every planner
-        # from walking the leads' primary key over the whole range instead.
-        maybe = _changed_or_reopened(sel.action_key, below, after_id).subquery("maybe")
-        source = maybe.join(leads, leads.c.id == maybe.c.id)
-        paged_id = maybe.c.id
-    join = source.outerjoin(d, on)
     resend = sel.action.resend_on_update
     if claimable_now:
         open_row = claimable(d, now=now, current_version=leads.c.updated_at, resend_on_update=resend)
@@ -141,32 +131,50 @@ def pending_select(
         open_row = _unowned(d, current_version=leads.c.updated_at, resend_on_update=resend)
     query = (
         sa.select(*LEAD_COLUMNS)
-        .select_from(join)
-        .where(*sel.conditions(dialect_name), paged_id > after_id, sa.or_(d.c.lead_id.is_(None), open_row))
+        .select_from(leads.outerjoin(d, on))
+        .where(*sel.conditions(dialect_name), leads.c.id > after_id, sa.or_(d.c.lead_id.is_(None), open_row))
         .order_by(leads.c.id)
     )
-    if below is not None:
-        query = query.where(paged_id <= below.lead_id)
     if shard is not None and shard.count > 1:
         query = query.where(leads.c.id % shard.count == shard.index)
     if lead_ids is not None:
-        query = query.where(leads.c.id.in_(lead_ids))
+        query = query.where(id_in(leads.c.id, "lead_ids", dialect_name, value=list(lead_ids)))
     return query.limit(limit) if limit is not None else query
 
 
-def _changed_or_reopened(action_key: str, below: Floor, after_id: int) -> sa.CompoundSelect[Any]:
-    """Ids that may be pending again below the floor: changed leads, reopened delivery rows.
+_REOPENED = (DeliveryState.PENDING, DeliveryState.RETRYING, DeliveryState.IN_FLIGHT)
 
-    The changed leads are found by ``updated_at`` alone, so every database reads them from that
-    index (an id range here would tempt SQLite into walking the primary key instead); the caller
-    bounds the ids.
+
+def catch_up_ids(
+    sel: Selection, floor: Floor, *, shard: Shard | None, after_id: int, limit: int | None
+) -> sa.Select[Any]:
+    """Ids in ``(after_id, floor]`` that may be pending again, in order: leads changed since the
+    floor was set, and delivery rows reopened (released, retrying, expired claim, replayed).
+
+    Each source is an index range scan of its own: changed leads by ``updated_at``, reopened rows
+    by (action, state, lead id). The page is then looked up among these ids only, by primary key.
     """
-    changed = sa.select(leads.c.id).where(leads.c.updated_at > below.since)
-    d = deliveries.alias("reopened")
-    reopened = sa.select(d.c.lead_id).where(
-        d.c.action_key == action_key,
-        d.c.state.in_([DeliveryState.PENDING, DeliveryState.RETRYING, DeliveryState.IN_FLIGHT]),
-        d.c.lead_id > after_id,
-        d.c.lead_id <= below.lead_id,
+    # `id + 0` (in the bounds and the order) keeps the planner on the updated_at index rather
+    # than walking the whole id range in primary-key order.
+    unindexed_id = leads.c.id + 0
+    changed = sa.select(unindexed_id.label("id")).where(
+        leads.c.updated_at > floor.since, unindexed_id > after_id, unindexed_id <= floor.lead_id
     )
-    return sa.union(changed, reopened)
+    branches = [changed]
+    for state in _REOPENED:
+        d = deliveries.alias(f"reopened_{state.value}")
+        branches.append(
+            sa.select(d.c.lead_id.label("id")).where(
+                d.c.action_key == sel.action_key,
+                d.c.state == state,
+                d.c.lead_id > after_id,
+                d.c.lead_id <= floor.lead_id,
+            )
+        )
+    if shard is not None and shard.count > 1:
+        branches = [b.where(b.selected_columns.id % shard.count == shard.index) for b in branches]
+    if limit is not None:  # each source stops after `limit` ids: a page never reads a whole backlog
+        branches = [sa.select(b.order_by("id").limit(limit).subquery().c.id) for b in branches]
+    ids = sa.union(*branches).subquery("maybe")
+    query = sa.select(ids.c.id).order_by(ids.c.id)
+    return query.limit(limit) if limit is not None else query

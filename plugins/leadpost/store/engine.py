@@ -138,13 +138,19 @@ class _IdArray(sa.types.TypeDecorator[list[int]]):
         return ids if dialect.name == "postgresql" else json.dumps(ids)
 
 
-def id_in(column: sa.ColumnElement[Any], name: str, dialect_name: str) -> sa.ColumnElement[bool]:
-    """``column`` is one of the ids bound later as parameter ``name`` (a list).
+def id_in(
+    column: sa.ColumnElement[Any], name: str, dialect_name: str, *, value: list[int] | None = None
+) -> sa.ColumnElement[bool]:
+    """``column`` is one of the ids of parameter ``name`` (a list: ``value``, or bound at execution).
 
     One parameter however many ids: the statement compiles once and is cached, where an expanded
     ``IN (…)`` is rewritten for every list length (that rewrite cost more than the write itself).
     """
-    ids = sa.bindparam(name, type_=_IdArray())
+    ids = (
+        sa.bindparam(name, value, type_=_IdArray())
+        if value is not None
+        else sa.bindparam(name, type_=_IdArray())
+    )
     if dialect_name == "postgresql":
         return column == sa.any_(ids)
     each = sa.func.json_each(ids).table_valued("value")
