@@ -81,8 +81,11 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
 
 async def _read_some(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
+    first = await resp.content.read(limit)
+    if resp.content.at_eof() or not first:  # the usual short answer: one read
+        return first
+    chunks: list[bytes] = [first]
+    size = len(first)
     while size < limit:
         chunk = await resp.content.read(limit - size)
         if not chunk:
