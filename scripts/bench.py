@@ -362,6 +362,39 @@ def worker_leadpost(
     return {"sent": report.requests, "ok": report.delivered, **times, "report": report.as_dict()}
 
 
+def worker_sendpath(url: str, csv_path: str, n: int, concurrency: int, receiver_pid: int) -> dict[str, Any]:
+    """(b2) leadpost's sending path alone: ``send_leads`` over leads in hand, no claims, no ledger."""
+    from leadpost.dispatch import Breaker, Feed, RateLimiter, ShardReport, send_leads
+    from leadpost.hook import LeadPostHook
+
+    sel = _selection(url, concurrency)
+    hook = LeadPostHook(sel.action, action_key=sel.action_key)
+    stamp = _loaded_at()
+    leads = [
+        {"id": int(row["id"]), **{f: row[f] or None for f in FIELDS}, "updated_at": stamp}
+        for row in _csv_leads(Path(csv_path), n)
+    ]
+
+    async def run() -> list[Any]:
+        async with hook.async_client(concurrency) as client:
+            feed = Feed.of(leads, report=ShardReport(sel.action_key))
+            limiter, breaker = RateLimiter(None), Breaker()
+            deadline = time.monotonic() + 600
+            return await send_leads(
+                client,
+                hook,
+                feed,
+                concurrency=concurrency,
+                limiter=limiter,
+                breaker=breaker,
+                deadline=deadline,
+            )
+
+    results, times = _timed(receiver_pid, lambda: asyncio.run(run()))
+    ok = sum(1 for _, outcome, _ in results if outcome.status == 200)
+    return {"sent": len(results), "ok": ok, **times}
+
+
 def worker_load(backend: str, url: str, csv_path: str, n: int) -> dict[str, Any]:
     """Create and fill one store (timed only for information)."""
     t0 = time.perf_counter()
@@ -548,6 +581,7 @@ WORKERS: dict[str, Callable[..., dict[str, Any]]] = {
     "naive": worker_naive,
     "raw": worker_raw,
     "leadpost": worker_leadpost,
+    "sendpath": worker_sendpath,
     "load": worker_load,
     "select": worker_select,
     "rss": worker_rss,
@@ -700,13 +734,21 @@ def run_http(bench: Bench) -> None:
         bench.http.append(_http_row("a", "new HttpHook(...).run() per lead", name, 1, res))
     for name, c, n_raw, n_lead in plan.pairs:
         rec = bench.receivers[name]
-        raw_rows, lead_rows = [], []
+        raw_rows, path_rows, lead_rows = [], [], []
         for run in range(1, plan.repeat + 1):
             _say(f"(b) raw aiohttp, {name} receiver, C={c}, {n_raw:,} leads (run {run})")
             res = bench.worker(
                 "raw", url=rec.url, csv_path=leads_csv, n=n_raw, concurrency=c, receiver_pid=rec.pid
             )
             raw_rows.append(_http_row("b", "raw aiohttp, one pooled session", name, c, res))
+            if name == "instant":
+                _say(f"(b2) leadpost sending path, no ledger, C={c}, {n_raw:,} leads (run {run})")
+                res = bench.worker(
+                    "sendpath", url=rec.url, csv_path=leads_csv, n=n_raw, concurrency=c, receiver_pid=rec.pid
+                )
+                path_rows.append(
+                    _http_row("b2", "leadpost send_leads alone (no claims, no ledger)", name, c, res)
+                )
             _say(f"(c) leadpost dispatch_shard, {name} receiver, C={c}, {n_lead:,} leads (run {run})")
             db = bench.tmp / f"c-{name}-{c}.db"
             profile_to = RESULTS.parent / f"profile-c-{name}-C{c}.raw" if bench.profile and run == 1 else None
@@ -729,8 +771,8 @@ def run_http(bench: Bench) -> None:
                 _summarize_profile(profile_to)
             for path in bench.tmp.glob(db.name + "*"):
                 path.unlink()
-        bench.http += [_best(raw_rows), _best(lead_rows)]
-    bench.http.sort(key=lambda r: r["case"])  # stable: a, b, c in plan order
+        bench.http += [_best(rows) for rows in (raw_rows, path_rows, lead_rows) if rows]
+    bench.http.sort(key=lambda r: r["case"])  # stable: a, b, b2, c in plan order
 
 
 _FRAME = re.compile(r"^(.+) \((.+):\d+\)$")  # py-spy raw frame: "function (path:line)"
@@ -971,6 +1013,10 @@ def _targets_section(bench: Bench) -> Section:
             by_cpu = b["cpu_us"] / cc["cpu_us"]
             check = f"c/b by client CPU per lead (b µs / c µs: {b['cpu_us']:.0f} / {cc['cpu_us']:.0f})"
             rows.append(_target(check, f"{by_cpu:.2f}", "(information)", None))
+            b2 = _find(bench.http, "b2", name, c)
+            if b2:  # where the gap is: the sending path itself, or the ledger around it
+                check = f"b2/b, sending path alone (b2 µs: {b2['cpu_us']:.0f})"
+                rows.append(_target(check, f"{b2['rate'] / b['rate']:.2f}", "(information)", None))
     for name in ("slow", "instant"):
         a, d = _find(bench.http, "a", name), _find(bench.http, "d", name)
         if a and d:
