@@ -186,3 +186,26 @@ def test_counts_use_a_floor_only_when_every_shard_has_one(store):
         "retrying": 0,
         "dead": 0,
     }
+
+
+def test_resend_on_update_finds_a_changed_lead_below_the_floor(store):
+    add_leads(store, 10)
+    sel = selection("https://x.com/p", extra="resend_on_update: true")
+    shard = Shard(sel.action_key)
+    walk = ShardWalk(store, sel, shard)
+    token, page = walk.claim(0, limit=100)
+    ok = Outcome(OutcomeKind.DELIVERED, 200)
+    record_outcomes(
+        store,
+        action_key=sel.action_key,
+        token=token,
+        results=[(x["id"], ok, 1) for x in page],
+        max_attempts=3,
+    )
+    walk.claim(page[-1]["id"], limit=100)
+    walk.finish()
+    with store.begin() as conn:
+        conn.execute(leads.update().where(leads.c.id == 7).values(city="Rio", updated_at=utcnow()))
+    later = ShardWalk(store, sel, shard)
+    assert later.floor is not None
+    assert [x["id"] for x in later.claim(0, limit=100)[1]] == [7]
