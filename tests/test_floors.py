@@ -209,3 +209,27 @@ def test_resend_on_update_finds_a_changed_lead_below_the_floor(store):
     later = ShardWalk(store, sel, shard)
     assert later.floor is not None
     assert [x["id"] for x in later.claim(0, limit=100)[1]] == [7]
+
+
+def test_each_shard_catches_up_on_its_own_leads(store, receiver):
+    add_leads(store, 30)
+    tag(store, [7, 8], "unsubscribed")
+    sel = selection(
+        receiver.url + "/hook", filters=UNSUBSCRIBED, extra="batch_size: 5\n        concurrency: 4"
+    )
+    assert run_test(store, sel.trigger, sel.action).ok
+    shards = [Shard(sel.action_key, i, 2) for i in range(2)]
+
+    def run_both() -> list[int]:
+        receiver.reset()
+        for shard in shards:
+            dispatch_shard(store, sel, shard)
+        return _sent_ids(receiver)
+
+    assert run_both() == [i for i in range(1, 31) if i not in (7, 8)]
+    with store.begin() as conn:
+        conn.execute(sa.delete(lead_tags).where(lead_tags.c.lead_id.in_([7, 8])))
+        conn.execute(leads.update().where(leads.c.id.in_([7, 8])).values(updated_at=utcnow()))
+    assert all(ShardWalk(store, sel, shard).floor is not None for shard in shards)
+    assert run_both() == [7, 8]
+    assert run_both() == []
