@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from leadpost.ledger.selection import Selection, Shard, claimable, pending_select
+from leadpost.ledger.selection import LEAD_COLUMNS, Selection, Shard, claimable, pending_select
 from leadpost.states import DeliveryState, Outcome, OutcomeKind
 from leadpost.store import deliveries, leads, utcnow
 from leadpost.store.engine import dialect_insert, id_in
@@ -70,9 +70,9 @@ def claim_batch(
             lead_ids=lead_ids,
         )
         if dialect == "postgresql":
-            # Concurrent claimers skip each other's candidate rows instead of queueing behind them;
-            # the upsert below stays the guard against double ownership.
-            query = query.with_for_update(of=leads, skip_locked=True, key_share=True)
+            query = _lock_candidates(conn, query)
+            if query is None:
+                return token, []
         result = conn.execute(query)
         keys = list(result.keys())
         candidates = [dict(zip(keys, row, strict=True)) for row in result.all()]
@@ -80,6 +80,25 @@ def claim_batch(
             return token, []
         claimed = _claim_rows(conn, sel, candidates, token=token, now=now)
     return token, [c for c in candidates if c["id"] in claimed]
+
+
+def _lock_candidates(conn: Connection, query: sa.Select[Any]) -> sa.Select[Any] | None:
+    """PostgreSQL: the page's lead ids without locks, then those leads locked, skipping rivals'.
+
+    Concurrent claimers skip each other's candidate rows instead of queueing behind them (the
+    upsert stays the guard against double ownership). Locking in a second, by-id statement keeps
+    the search free to run as a parallel query: a walk from id 0 through a long delivered history
+    takes less than half the time.
+    """
+    ids = list(conn.execute(query.with_only_columns(leads.c.id)).scalars())
+    if not ids:
+        return None
+    return (
+        sa.select(*LEAD_COLUMNS)
+        .where(id_in(leads.c.id, "candidate_ids", "postgresql", value=ids))
+        .order_by(leads.c.id)
+        .with_for_update(of=leads, skip_locked=True, key_share=True)
+    )
 
 
 def _claim_rows(
