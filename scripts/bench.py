@@ -1032,6 +1032,7 @@ def _targets_section(bench: Bench) -> Section:
             ("pending_select, worst of start/middle/end", max(p["select_ms"] for p in pages)),
             ("claim_batch, worst of start/middle/end", max(p["claim_ms"] for p in pages)),
             ("first page of a later run (above its scan floor), claimed", s["steady"]["later_ms"]),
+            ("first page of the daily walk from id 0, claimed", s["steady"]["full_walk_ms"]),
         ):
             check = f"{s['backend']} {_num(big)} leads: {what}"
             rows.append(
