@@ -16,6 +16,7 @@ from leadpost.ledger import (
     ShardWalk,
     count_deliveries,
     record_outcomes,
+    release_claims,
     replay_dead_letters,
 )
 from leadpost.ledger import floors as floors_module
@@ -75,13 +76,21 @@ def test_a_later_run_starts_at_the_floor_and_finds_new_and_changed_leads(store, 
     assert _floor(store, active)["floor_id"] == 55
 
 
-def test_the_daily_walk_finds_leads_changed_without_moving_updated_at(store, receiver, active):
+def test_the_daily_sweep_finds_leads_changed_without_moving_updated_at(store, receiver, active):
     with store.begin() as conn:  # written by other means: the tag goes, updated_at stays old
         conn.execute(sa.delete(lead_tags).where(lead_tags.c.lead_id == 46))
     assert _run(store, active, receiver) == []  # below the floor and unchanged as far as we can tell
     with store.begin() as conn:
         conn.execute(scan_floors.update().values(full_walk_at=utcnow() - timedelta(days=1, minutes=1)))
-    assert _run(store, active, receiver) == [46]
+    add_leads(store, 2, start=51)
+    walk = ShardWalk(store, active, Shard(active.action_key))
+    assert walk.floor is not None and walk.sweep_due  # the floor still serves: what is new comes first
+    token, new = walk.claim(0, limit=7)
+    swept_token, swept = walk.claim(new[-1]["id"], limit=7)
+    assert ([x["id"] for x in new], [x["id"] for x in swept]) == ([51, 52], [46])
+    for t, page in ((token, new), (swept_token, swept)):
+        release_claims(store, action_key=active.action_key, token=t, lead_ids=[x["id"] for x in page])
+    assert _run(store, active, receiver) == [46, 51, 52]
     assert _floor(store, active)["full_walk_at"] > utcnow() - timedelta(minutes=1)
 
 

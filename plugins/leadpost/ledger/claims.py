@@ -50,10 +50,12 @@ def claim_batch(
     token: str | None = None,
     now: datetime | None = None,
     lead_ids: Sequence[int] | None = None,
+    up_to: int | None = None,
 ) -> tuple[str, list[dict[str, Any]]]:
     """Claim the next page of pending leads of ``shard`` with ids above ``after_id``.
 
     :param lead_ids: only these leads (operators given explicit ids; a walk's catch-up below its floor).
+    :param up_to: only ids up to this one (a walk's sweep below its floor).
     :return: the claim token and the claimed leads (id, fields, ``updated_at``), ordered by id.
     """
     now = now or utcnow()
@@ -68,6 +70,7 @@ def claim_batch(
             after_id=after_id,
             limit=limit,
             lead_ids=lead_ids,
+            up_to=up_to,
         )
         if dialect == "postgresql":
             query = _lock_candidates(conn, query)

@@ -7,11 +7,12 @@ pending there — leads whose ``updated_at`` moved since the floor was set, and 
 were reopened (released, due for a retry, claim expired, replayed) — then walks on from the floor.
 
 A floor is not used (the walk starts at id 0 and sets a new one) when the trigger's filters,
-timezone or ``resend_on_update`` changed, on a new day for ``birthday_today`` triggers, when more
-than :data:`CATCH_UP_MAX` leads changed below it, and at least once every :data:`FULL_WALK_EVERY`:
-a lead written into the table by other means with an id below the floor and an ``updated_at``
-older than the floor is found by that daily walk (``leadpost leads import`` lowers the floors
-itself when it writes such a back-dated lead).
+timezone or ``resend_on_update`` changed, on a new day for ``birthday_today`` triggers, and when
+more than :data:`CATCH_UP_MAX` leads changed below it. At least once every
+:data:`FULL_WALK_EVERY` a run also sweeps every lead below its floor, after the leads above it
+went out: a lead written into the table by other means with an id below the floor and an
+``updated_at`` older than the floor is found by that daily sweep (``leadpost leads import``
+lowers the floors itself when it writes such a back-dated lead).
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def action_floor(conn: sa.Connection, sel: Selection, *, now: datetime | None = 
 
 @dataclass
 class ShardWalk:
-    """One run's walk over a shard: claims pages below the floor first, then above it.
+    """One run's walk over a shard: claims pages below the floor first, then above it, then
+    (once a day) sweeps everything below it.
 
     ``claim(after_id)`` is what the dispatch feed calls for each page; :meth:`finish` stores the
     new floor once the run is over.
@@ -92,7 +94,9 @@ class ShardWalk:
     full_walk_at: datetime | None = None
     catching_up: bool = False
     reached: int = 0  # the highest id the walk above the floor has gone through
-    exhausted: bool = False
+    exhausted: bool = False  # nothing left above the floor
+    sweep_due: bool = False  # the daily sweep below the floor, once what is new went out
+    swept: bool = False
     _max_id: int = 0
 
     def __post_init__(self) -> None:
@@ -105,6 +109,7 @@ class ShardWalk:
         self.full_walk_at = row["full_walk_at"]
         self.catching_up = True
         self.reached = row["floor_id"]
+        self.sweep_due = self.started_at - row["full_walk_at"] >= FULL_WALK_EVERY
 
     def _key(self) -> list[sa.ColumnElement[bool]]:
         c = scan_floors.c
@@ -118,8 +123,6 @@ class ShardWalk:
         if row["basis"] != floor_basis(self.sel):
             log.info("%s: filters changed since the last run: walking every lead", self.sel.action_key)
             return False
-        if self.started_at - row["full_walk_at"] >= FULL_WALK_EVERY:
-            return False  # the daily walk from id 0
         changed = (
             sa.select(leads.c.id)
             .where(leads.c.updated_at > row["since"], leads.c.id <= row["floor_id"])
@@ -149,12 +152,22 @@ class ShardWalk:
             if page:
                 return token, page
             after_id = ids[-1]  # none of these was pending: look at the next ones
-        after_id = max(after_id, self.reached)
-        token, page = claim_batch(self.engine, self.sel, shard=self.shard, after_id=after_id, limit=limit)
-        if page:
-            self.reached = page[-1]["id"]
-        else:
+        if not self.exhausted:
+            after_id = max(after_id, self.reached)
+            token, page = claim_batch(self.engine, self.sel, shard=self.shard, after_id=after_id, limit=limit)
+            if page:
+                self.reached = page[-1]["id"]
+                return token, page
             self.exhausted = True
+            if not self.sweep_due:
+                return token, page
+            after_id = 0  # what is new went out: now the daily sweep below the floor
+        if self.floor is None or not self.sweep_due or self.swept:
+            return "", []
+        token, page = claim_batch(
+            self.engine, self.sel, shard=self.shard, after_id=after_id, limit=limit, up_to=self.floor.lead_id
+        )
+        self.swept = not page
         return token, page
 
     def _candidates(self, after_id: int, limit: int) -> list[int]:
@@ -168,7 +181,7 @@ class ShardWalk:
         if self.catching_up:
             return
         floor_id = max(self.reached, self._max_id) if self.exhausted else self.reached
-        full_walk_at = self.started_at if self.floor is None else self.full_walk_at
+        full_walk_at = self.started_at if self.floor is None or self.swept else self.full_walk_at
         values = {
             "basis": floor_basis(self.sel),
             "floor_id": floor_id,

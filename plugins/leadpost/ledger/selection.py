@@ -115,10 +115,12 @@ def pending_select(
     limit: int | None,
     claimable_now: bool = True,
     lead_ids: Sequence[int] | None = None,
+    up_to: int | None = None,
 ) -> sa.Select[Any]:
     """One SELECT: matching active leads without a blocking delivery row, keyset-paged by id.
 
     :param lead_ids: only these leads (bound as one array parameter, looked up by primary key).
+    :param up_to: only ids up to this one (a walk's sweep below its floor).
     """
     d = deliveries.alias("d")
     # `d.lead_id > after_id` repeats the paging bound inside the join so PostgreSQL reads only
@@ -139,6 +141,8 @@ def pending_select(
         query = query.where(leads.c.id % shard.count == shard.index)
     if lead_ids is not None:
         query = query.where(id_in(leads.c.id, "lead_ids", dialect_name, value=list(lead_ids)))
+    if up_to is not None:
+        query = query.where(leads.c.id <= up_to)
     return query.limit(limit) if limit is not None else query
 
 
