@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from leadpost.ledger.claims import claim_batch
-from leadpost.ledger.selection import Floor, Selection, Shard, catch_up_ids
+from leadpost.ledger.selection import Floor, Selection, Shard, catch_up_ids, changed_below
 from leadpost.store import leads, scan_floors, utcnow
 from leadpost.store.engine import dialect_insert
 from leadpost.store.schema import SCAN_CLOCK_MARGIN as CLOCK_MARGIN
@@ -123,11 +123,7 @@ class ShardWalk:
         if row["basis"] != floor_basis(self.sel):
             log.info("%s: filters changed since the last run: walking every lead", self.sel.action_key)
             return False
-        changed = (
-            sa.select(leads.c.id)
-            .where(leads.c.updated_at > row["since"], leads.c.id <= row["floor_id"])
-            .limit(CATCH_UP_MAX + 1)
-        )
+        changed = changed_below(Floor(row["floor_id"], row["since"])).limit(CATCH_UP_MAX + 1)
         count = conn.execute(sa.select(sa.func.count()).select_from(changed.subquery())).scalar_one()
         if count > CATCH_UP_MAX:
             log.info(

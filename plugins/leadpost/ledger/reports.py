@@ -45,7 +45,6 @@ def count_deliveries(engine: Engine, sel: Selection, *, now: datetime | None = N
     above the action's scan floor when its shards have one, so the count costs what is new)."""
     now = now or utcnow()
     d = deliveries.c
-    dialect = engine.dialect.name
     with engine.connect() as conn:
         by_state = dict(
             conn.execute(
@@ -53,25 +52,11 @@ def count_deliveries(engine: Engine, sel: Selection, *, now: datetime | None = N
             ).all()
         )
         floor = action_floor(conn, sel, now=now)
-        parts: list[tuple[int, list[int] | None]] = [(0, None)]  # (after id, only these ids)
+        pending = _count_pending(conn, sel, now=now, after_id=floor.lead_id if floor else 0)
         if floor is not None:
-            below = conn.execute(catch_up_ids(sel, floor, shard=None, after_id=0, limit=None)).scalars()
-            parts = [(0, list(below)), (floor.lead_id, None)]
-        pending = 0
-        for after_id, lead_ids in parts:
-            if lead_ids == []:
-                continue
-            query = pending_select(
-                sel,
-                dialect,
-                now=now,
-                shard=None,
-                after_id=after_id,
-                limit=None,
-                claimable_now=False,
-                lead_ids=lead_ids,
-            )
-            pending += conn.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one()
+            below = list(conn.execute(catch_up_ids(sel, floor, shard=None, after_id=0, limit=None)).scalars())
+            if below:
+                pending += _count_pending(conn, sel, now=now, after_id=0, lead_ids=below)
     return Counts(
         pending=pending,
         in_flight=by_state.get(DeliveryState.IN_FLIGHT, 0),
@@ -79,6 +64,22 @@ def count_deliveries(engine: Engine, sel: Selection, *, now: datetime | None = N
         retrying=by_state.get(DeliveryState.RETRYING, 0),
         dead=by_state.get(DeliveryState.DEAD, 0),
     )
+
+
+def _count_pending(
+    conn: sa.Connection, sel: Selection, *, now: datetime, after_id: int, lead_ids: list[int] | None = None
+) -> int:
+    query = pending_select(
+        sel,
+        conn.dialect.name,
+        now=now,
+        shard=None,
+        after_id=after_id,
+        limit=None,
+        claimable_now=False,
+        lead_ids=lead_ids,
+    )
+    return conn.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one()
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,16 @@ if TYPE_CHECKING:
 
     from leadpost.config import ActionConfig, TriggerConfig
 
-__all__ = ["LEAD_COLUMNS", "Floor", "Selection", "Shard", "catch_up_ids", "claimable", "pending_select"]
+__all__ = [
+    "LEAD_COLUMNS",
+    "Floor",
+    "Selection",
+    "Shard",
+    "catch_up_ids",
+    "changed_below",
+    "claimable",
+    "pending_select",
+]
 
 LEAD_COLUMNS = (
     leads.c.id,
@@ -149,6 +158,16 @@ def pending_select(
 _REOPENED = (DeliveryState.PENDING, DeliveryState.RETRYING, DeliveryState.IN_FLIGHT)
 
 
+def changed_below(floor: Floor, *, after_id: int = 0) -> sa.Select[Any]:
+    """Ids in ``(after_id, floor]`` of leads whose ``updated_at`` moved since the floor was set."""
+    # `id + 0` (in the bounds and any order on it) keeps the planner on the updated_at index
+    # rather than walking the whole id range in primary-key order.
+    unindexed_id = leads.c.id + 0
+    return sa.select(unindexed_id.label("id")).where(
+        leads.c.updated_at > floor.since, unindexed_id > after_id, unindexed_id <= floor.lead_id
+    )
+
+
 def catch_up_ids(
     sel: Selection, floor: Floor, *, shard: Shard | None, after_id: int, limit: int | None
 ) -> sa.Select[Any]:
@@ -158,13 +177,7 @@ def catch_up_ids(
     Each source is an index range scan of its own: changed leads by ``updated_at``, reopened rows
     by (action, state, lead id). The page is then looked up among these ids only, by primary key.
     """
-    # `id + 0` (in the bounds and the order) keeps the planner on the updated_at index rather
-    # than walking the whole id range in primary-key order.
-    unindexed_id = leads.c.id + 0
-    changed = sa.select(unindexed_id.label("id")).where(
-        leads.c.updated_at > floor.since, unindexed_id > after_id, unindexed_id <= floor.lead_id
-    )
-    branches = [changed]
+    branches = [changed_below(floor, after_id=after_id)]
     for state in _REOPENED:
         d = deliveries.alias(f"reopened_{state.value}")
         branches.append(
